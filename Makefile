@@ -1,0 +1,45 @@
+# Afinar: two commands set up everything on a fresh machine.
+#   make run   installs (.venv from exact pins), then runs the demo workflow end to end on CPU, offline
+#   make test  installs, then runs every test (unit, workflow, lint; SLURM tests when AFINAR_SLURM_TESTS=1)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+
+.PHONY: install run test lint report clean
+
+$(BIN)/.installed: requirements/lock-cpu.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "afinar: error: $(PYTHON) not found — install Python 3.11 or run 'make PYTHON=python3.x'"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements/lock-cpu.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	@echo "Demo done: see results/demo/relatorio.md (and 'make report' for results/report.html)"
+
+report: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml --report results/report.html
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/snakemake --lint --configfile config/config.yaml
+
+test: install lint
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,32 @@
+# Afinar: LoRA fine-tuning of LLMs from one YAML file.
+#   snakemake --cores 2                                              # the bundled demo (config/config.yaml), CPU
+#   snakemake --cores 8 --resources gpu=1 --configfile my.yaml       # your experiment on a GPU workstation
+#   snakemake --profile profiles/slurm --configfile my.yaml          # on a SLURM cluster
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The demo config is the default only when no --configfile is given: a user's file replaces it rather
+# than being merged into it (Snakemake would otherwise mix the demo's keys into the user's experiment).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/predict.smk"
+include: "rules/report.smk"
+include: "rules/export.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        all_targets,
+    default_target: True

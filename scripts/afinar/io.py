@@ -1,0 +1,63 @@
+"""Atomic file writes: a file either has its complete content or does not exist.
+
+Rules write to a temporary name in the target folder and rename at the end, so an interrupted job
+never leaves a half-written file that a later run (or a person) could take as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path`` (optionally chmod)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if mode is not None:
+            os.chmod(tmp_path, mode)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path, mode) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, data: Any, mode: int | None = None) -> None:
+    """Write ``data`` as indented UTF-8 JSON atomically (non-JSON values become strings)."""
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", mode)
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict], mode: int | None = None) -> None:
+    """Write one JSON object per line atomically."""
+    with atomic_path(path, mode) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def atomic_write_parquet(path: str | Path, frame: Any, mode: int | None = None) -> None:
+    """Write a pandas DataFrame as parquet atomically (``index=False``)."""
+    with atomic_path(path, mode) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON-lines file; blank lines are skipped."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,72 @@
+"""Shared test helpers: a copy of the workflow in a temporary folder and a real `snakemake` runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOW_ENTRIES = ["Snakefile", "rules", "scripts", "config", "resources", "envs", "profiles"]
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """The environment every subprocess of the tests gets: offline, deterministic, the venv first on PATH."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONHASHSEED="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(REPO / "scripts"),
+    )
+    env.update(extra)
+    return env
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Copy the workflow (not results, not the venv) into ``dest`` so a test can run and edit it freely."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_ENTRIES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_snakemake(
+    workdir: Path, *args: str, timeout: int = 1200, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real snakemake of this venv in ``workdir``; output is captured as text."""
+    cmd = [str(BIN / "snakemake"), "--cores", "2", *args]
+    return subprocess.run(
+        cmd, cwd=workdir, env=env or offline_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_afinar(workdir: Path, *args: str, timeout: int = 600, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m afinar`` in ``workdir``."""
+    return subprocess.run(
+        [sys.executable, "-m", "afinar", *args],
+        cwd=workdir,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+    )
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    """A fresh copy of the workflow in a temporary folder."""
+    return copy_workflow(tmp_path / "wf")
