@@ -21,6 +21,8 @@ $(BIN)/.installed: requirements/lock-cpu.txt pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements/lock-cpu.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	# llama.cpp's GGUF converter, extracted from the pinned llama-cpp-python source package (no clone, no build)
+	$(BIN)/python -m afinar.export_gguf fetch
 	touch $@
 
 install: $(BIN)/.installed

@@ -10,33 +10,10 @@ from afinar.config import check_paths, experiments, load_config  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
 
 
-def _undot(raw):
-    """Expand `--config misc.log_level=DEBUG` style keys into nested sections."""
-    out = {}
-    for key, value in raw.items():
-        node, parts = out, str(key).split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base, extra):
-    """Deep-merge `extra` into a copy of `base` (used for dotted --config overrides)."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def _load():
-    plain = {k: v for k, v in config.items() if "." not in str(k)}
-    dotted = _undot({k: v for k, v in config.items() if "." in str(k)})
+    """Normalize and check the config once, before any job: a bad config is one line and exit 1."""
     try:
-        cfg = load_config(_merge(plain, dotted))
+        cfg = load_config(dict(config))
         problems = check_paths(cfg)
     except AfinarError as exc:
         fail(str(exc))

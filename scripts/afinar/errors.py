@@ -26,9 +26,7 @@ def fail(message: str) -> None:
 
 
 def log_level_from_config(config: dict) -> str:
-    """``misc.log_level`` from a raw config dict, accepting the dotted ``--config`` form too."""
-    if "misc.log_level" in config:
-        return str(config["misc.log_level"])
+    """``misc.log_level`` from a raw config dict (``--config 'misc={log_level: DEBUG}'`` overrides it)."""
     misc = config.get("misc") or {}
     return str(misc.get("log_level", "INFO")) if isinstance(misc, dict) else "INFO"
 

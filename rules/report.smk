@@ -1,0 +1,178 @@
+# Charts, the per-experiment Markdown report and the multi-experiment comparison.
+# Every output is registered with report() so `snakemake --report results/report.html` is browsable:
+# one category per experiment (subcategories Training / Data / Evaluation / Report), one for the comparison.
+
+
+def exp_value(section, key):
+    """A params function returning one key of an experiment's config section (reruns only when it changes)."""
+
+    def _value(wildcards):
+        return EXPS[wildcards.exp][section][key]
+
+    return _value
+
+
+def exp_config(wildcards):
+    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it."""
+    return EXPS[wildcards.exp]
+
+
+def data_config(wildcards):
+    """The data sections that produced the splits (the report shows them next to the experiment's)."""
+    section = "dataset" if DATASET_MODE else "pastas"
+    return {"formatos": CFG["formatos"], section: CFG[section]}
+
+
+def report_data_inputs(wildcards):
+    """Split summary always; the pairing summary only in folder mode (dataset mode has no pairing step)."""
+    inputs = {"divisao": f"{DATA}/divisao.json"}
+    if not DATASET_MODE:
+        inputs["pareamento"] = f"{DATA}/pareamento.json"
+    return inputs
+
+
+def compare_inputs(wildcards):
+    """Per experiment, in EXPS order: metrics, training summary, hardware and training logs."""
+    return {
+        "metricas": [f"results/{exp}/avaliacao/metricas.json" for exp in EXPS],
+        "summary": [f"results/{exp}/metrics_summary.json" for exp in EXPS],
+        "hardware": [
+            f"results/{exp}/treinamento/hardware_metrics.jsonl" for exp in EXPS
+        ],
+        "training": [
+            f"results/{exp}/treinamento/training_metrics.jsonl" for exp in EXPS
+        ],
+    }
+
+
+def compare_configs(wildcards):
+    """Every experiment's merged config (the comparison table names the setup of each)."""
+    return EXPS
+
+
+rule charts:
+    input:
+        training="results/{exp}/treinamento/training_metrics.jsonl",
+        hardware="results/{exp}/treinamento/hardware_metrics.jsonl",
+        metricas="results/{exp}/avaliacao/metricas.json",
+        treino=f"{DATA}/treino.parquet",
+        validacao=f"{DATA}/validacao.parquet",
+        teste=f"{DATA}/teste.parquet",
+        base=base_model_input,
+    output:
+        loss=report(
+            "results/{exp}/treinamento/grafico_loss.png",
+            caption="captions/grafico_loss.rst",
+            category="{exp}",
+            subcategory="Training",
+        ),
+        learning_rate=report(
+            "results/{exp}/treinamento/grafico_learning_rate.png",
+            caption="captions/grafico_learning_rate.rst",
+            category="{exp}",
+            subcategory="Training",
+        ),
+        grad_norm=report(
+            "results/{exp}/treinamento/grafico_grad_norm.png",
+            caption="captions/grafico_grad_norm.rst",
+            category="{exp}",
+            subcategory="Training",
+        ),
+        hardware=report(
+            "results/{exp}/treinamento/grafico_hardware.png",
+            caption="captions/grafico_hardware.rst",
+            category="{exp}",
+            subcategory="Training",
+        ),
+        tokens=report(
+            "results/{exp}/treinamento/grafico_tokens.png",
+            caption="captions/grafico_tokens.rst",
+            category="{exp}",
+            subcategory="Data",
+        ),
+        campos=report(
+            "results/{exp}/treinamento/grafico_campos.png",
+            caption="captions/grafico_campos.rst",
+            category="{exp}",
+            subcategory="Evaluation",
+        ),
+        token_stats="results/{exp}/treinamento/estatisticas_tokens.json",
+    log:
+        "results/logs/charts/{exp}.log",
+    benchmark:
+        "results/benchmarks/charts/{exp}.tsv"
+    conda:
+        "../envs/report.yaml"
+    params:
+        base=exp_value("modelo", "base"),
+        max_seq_length=exp_value("treinamento", "max_seq_length"),
+        max_grad_norm=exp_value("treinamento", "max_grad_norm"),
+        formato_saida=CFG["formatos"]["formato_saida"],
+    script:
+        "../scripts/charts.py"
+
+
+rule report:
+    input:
+        unpack(report_data_inputs),
+        metricas="results/{exp}/avaliacao/metricas.json",
+        por_registro="results/{exp}/avaliacao/por_registro.csv",
+        predicoes="results/{exp}/predicoes/teste.jsonl",
+        training="results/{exp}/treinamento/training_metrics.jsonl",
+        hardware="results/{exp}/treinamento/hardware_metrics.jsonl",
+        summary="results/{exp}/metrics_summary.json",
+        token_stats=rules.charts.output.token_stats,
+        charts=[
+            rules.charts.output.loss,
+            rules.charts.output.learning_rate,
+            rules.charts.output.grad_norm,
+            rules.charts.output.hardware,
+            rules.charts.output.tokens,
+            rules.charts.output.campos,
+        ],
+    output:
+        report(
+            "results/{exp}/relatorio.md",
+            caption="captions/relatorio.rst",
+            category="{exp}",
+            subcategory="Report",
+        ),
+    log:
+        "results/logs/report/{exp}.log",
+    benchmark:
+        "results/benchmarks/report/{exp}.tsv"
+    conda:
+        "../envs/report.yaml"
+    params:
+        experimento=exp_config,
+        dados=data_config,
+        misc=CFG["misc"],
+        relatorio=CFG["relatorio"],
+    script:
+        "../scripts/report.py"
+
+
+rule compare:
+    input:
+        unpack(compare_inputs),
+    output:
+        md=report(
+            "results/comparacao.md",
+            caption="captions/comparacao.rst",
+            category="Comparison",
+        ),
+        png=report(
+            "results/comparacao.png",
+            caption="captions/comparacao.rst",
+            category="Comparison",
+        ),
+    log:
+        "results/logs/compare/compare.log",
+    benchmark:
+        "results/benchmarks/compare/compare.tsv"
+    conda:
+        "../envs/report.yaml"
+    params:
+        experimentos=compare_configs,
+    script:
+        "../scripts/compare.py"

@@ -1,0 +1,698 @@
+"""Batched generation over the test split: the predict rule and ``python -m afinar predict``.
+
+Why it looks the way it does:
+
+- Decoding one token costs about the same for 1 prompt as for 64 (the step is bound by reading the
+  weights from memory), so prompts are generated in batches. They are **sorted by length** first, so
+  a batch holds prompts of similar length and little compute is spent on padding; the longest batch
+  runs first, so an out-of-memory error shows in the first seconds, not after an hour. Results are put
+  back in the test split's order.
+- Decoder-only models continue from the last position, so batches are **padded on the left**.
+- A prompt longer than ``max_seq_length - max_new_tokens`` tokens is cut **in the middle**: the head
+  keeps the task instructions and the tail keeps the end of the document and the chat template's
+  generation prompt (without which the model would not answer at all). Each cut is logged as a warning
+  and flagged (``truncado``) in the output, never silently.
+- Greedy decoding unless ``predicao.temperatura > 0``, so two runs give the same predictions.
+- The predictions file is written in one atomic rename at the end: an interrupted run leaves no file
+  that Snakemake or a person could take as complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from afinar.errors import AfinarError
+
+log = logging.getLogger("afinar.generation")
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+FULL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+# ----------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What controls decoding; built from the experiment's ``predicao`` section and ``max_seq_length``."""
+
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    temperatura: float = 0.0
+    top_p: float = 1.0
+    n_exemplos: int = 0
+    max_seq_length: int = 4096
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, predicao: dict[str, Any], max_seq_length: int, seed: int = 0) -> GenerationSettings:
+        """Read the normalized ``predicao`` section (keys of docs/architecture.md)."""
+        settings = cls(
+            batch_size=int(predicao.get("batch_size", cls.batch_size)),
+            max_new_tokens=int(predicao.get("max_new_tokens", cls.max_new_tokens)),
+            temperatura=float(predicao.get("temperatura", cls.temperatura) or 0.0),
+            top_p=float(predicao.get("top_p", cls.top_p) or 1.0),
+            n_exemplos=int(predicao.get("n_exemplos", 0) or 0),
+            max_seq_length=int(max_seq_length),
+            seed=int(seed),
+        )
+        settings.check()
+        return settings
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperatura > 0
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.max_seq_length - self.max_new_tokens
+
+    def check(self) -> None:
+        """Reject settings that cannot work, naming the key to change."""
+        if self.batch_size < 1:
+            raise AfinarError(f"predicao.batch_size: {self.batch_size} — must be at least 1")
+        if self.max_new_tokens < 1:
+            raise AfinarError(f"predicao.max_new_tokens: {self.max_new_tokens} — must be at least 1")
+        if not 0 < self.top_p <= 1:
+            raise AfinarError(f"predicao.top_p: {self.top_p} — must be in (0, 1]")
+        if self.temperatura < 0:
+            raise AfinarError(f"predicao.temperatura: {self.temperatura} — must be 0 (greedy) or positive")
+        if self.max_prompt_tokens < 16:
+            raise AfinarError(
+                f"predicao.max_new_tokens: {self.max_new_tokens} leaves {self.max_prompt_tokens} prompt tokens "
+                f"within treinamento.max_seq_length {self.max_seq_length} — lower max_new_tokens or raise "
+                "max_seq_length"
+            )
+
+
+# ------------------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True)
+class TestRecord:
+    """One test example: the conversation up to the answer, and the expected answer."""
+
+    id: str
+    messages: list[dict[str, Any]]
+    esperado: str
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn's text (what a person would call "the prompt")."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return content_text(message.get("content"))
+        return content_text(self.messages[-1].get("content")) if self.messages else ""
+
+
+@dataclass
+class Prediction:
+    """One line of ``predicoes/teste.jsonl``."""
+
+    id: str
+    prompt: str
+    esperado: str
+    gerado: str
+    tokens_prompt: int
+    tokens_saida: int
+    segundos: float
+    truncado: bool = False
+    limite_atingido: bool = False
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def content_text(content: Any) -> str:
+    """Message content as text: plain strings, or typed parts ``[{type: text, text: ...}]``."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    parts = []
+    for part in content:
+        parts.append(part.get("text", "") if isinstance(part, dict) else str(part))
+    return "".join(parts)
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays/structs from parquet → plain lists/dicts, so chat templates see ordinary Python."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def read_test_split(path: str | Path, n_exemplos: int = 0) -> list[TestRecord]:
+    """Read ``results/data/teste.parquet`` (columns ``id``, ``messages``) in file order.
+
+    The last message must be the assistant's expected answer; everything before it is the prompt.
+    ``n_exemplos > 0`` keeps the first N records (file order, so the same N every time).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise AfinarError(f"{path}: test split not found — build it with `snakemake {path}`")
+    frame = pd.read_parquet(path)
+    missing = {"id", "messages"} - set(frame.columns)
+    if missing:
+        raise AfinarError(f"{path}: missing column(s) {sorted(missing)} — rebuild it with `snakemake {path}`")
+    if len(frame) == 0:
+        raise AfinarError(
+            f"{path}: the test split has zero records — give pastas.divisao.proporcao a non-zero teste share "
+            "(or more data) and rerun"
+        )
+    if n_exemplos and n_exemplos > 0:
+        frame = frame.head(n_exemplos)
+    records = []
+    for rid, messages in zip(frame["id"], frame["messages"], strict=True):
+        messages = _plain(messages)
+        if not isinstance(messages, list) or len(messages) < 2 or messages[-1].get("role") != "assistant":
+            raise AfinarError(
+                f"{path}: record {rid!r} does not end with an assistant answer — the test split needs "
+                "user then assistant messages; rebuild it with the split rule"
+            )
+        records.append(TestRecord(str(rid), messages[:-1], content_text(messages[-1].get("content"))))
+    return records
+
+
+# ---------------------------------------------------------------------------------------- prompting
+
+
+@dataclass
+class EncodedPrompt:
+    """Token ids of one rendered prompt, after any truncation."""
+
+    index: int
+    ids: list[int]
+    truncated: bool = False
+    original_length: int = 0
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Left padding and a pad token (falling back to EOS, as most chat models ship without one)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise AfinarError(
+                "tokenizer: it has neither a pad nor an eos token — fix the model's tokenizer files"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def render_prompts(tokenizer: Any, records: Sequence[TestRecord]) -> list[str]:
+    """Each record's messages through the chat template, ending with the generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise AfinarError(
+            "tokenizer: no chat template — use an instruct/chat base model or one whose tokenizer defines "
+            "chat_template (training saves the template it used next to the adapter)"
+        )
+    texts = []
+    for record in records:
+        try:
+            text = tokenizer.apply_chat_template(record.messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # jinja errors (e.g. a template that rejects a system role)
+            raise AfinarError(
+                f"record {record.id!r}: the chat template failed ({str(exc).splitlines()[0]}) — check the "
+                "messages' roles against the model's template"
+            ) from None
+        texts.append(text)
+    return texts
+
+
+def truncate_middle(ids: list[int], limit: int) -> list[int]:
+    """Keep the first ``ceil(limit/2)`` and the last ``floor(limit/2)`` tokens."""
+    if len(ids) <= limit:
+        return ids
+    head = (limit + 1) // 2
+    tail = limit - head
+    return ids[:head] + (ids[len(ids) - tail :] if tail else [])
+
+
+def encode_prompts(
+    tokenizer: Any, texts: Sequence[str], ids: Sequence[str], max_prompt_tokens: int
+) -> list[EncodedPrompt]:
+    """Tokenize rendered prompts (the template already holds BOS etc., so no special tokens are added)."""
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    out = []
+    n_cut = 0
+    for i, token_ids in enumerate(encoded):
+        token_ids = list(token_ids)
+        cut = len(token_ids) > max_prompt_tokens
+        if cut:
+            n_cut += 1
+            log.warning(
+                "record %s: prompt has %d tokens, more than max_seq_length - max_new_tokens = %d; "
+                "cut in the middle (the start and the end are kept)",
+                ids[i],
+                len(token_ids),
+                max_prompt_tokens,
+            )
+        out.append(EncodedPrompt(i, truncate_middle(token_ids, max_prompt_tokens), cut, len(token_ids)))
+    if n_cut:
+        log.warning(
+            "%d of %d prompts were truncated (flagged truncado=true in the predictions)", n_cut, len(out)
+        )
+    return out
+
+
+def length_sorted_batches(prompts: Sequence[EncodedPrompt], batch_size: int) -> list[list[EncodedPrompt]]:
+    """Longest first, stable for equal lengths, cut into batches of ``batch_size``."""
+    ordered = sorted(prompts, key=lambda p: (-len(p.ids), p.index))
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+# --------------------------------------------------------------------------------------- generation
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a turn: the generation config's (Llama 3 lists several) and the tokenizer's."""
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v is not None and int(v) not in ids:
+                ids.append(int(v))
+    return ids
+
+
+def generation_config(model: Any, tokenizer: Any, settings: GenerationSettings) -> Any:
+    """The model's own generation config with our decoding settings on top.
+
+    Starting from the model's config keeps its stop tokens; sampling parameters it ships with (Llama's
+    temperature 0.6, say) are reset for greedy decoding so that greedy really is greedy.
+    """
+    from transformers import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    cfg = copy.deepcopy(base) if base is not None else GenerationConfig()
+    cfg.max_new_tokens = settings.max_new_tokens
+    cfg.max_length = None
+    cfg.min_new_tokens = None
+    cfg.min_length = 0
+    cfg.pad_token_id = tokenizer.pad_token_id
+    cfg.eos_token_id = eos_token_ids(model, tokenizer) or None
+    cfg.num_beams = 1
+    cfg.use_cache = True
+    cfg.do_sample = settings.sampling
+    if settings.sampling:
+        cfg.temperature = settings.temperatura
+        cfg.top_p = settings.top_p
+        cfg.top_k = None
+    else:
+        cfg.temperature = None
+        cfg.top_p = None
+        cfg.top_k = None
+    return cfg
+
+
+def _model_device(model: Any) -> Any:
+    try:
+        return next(p.device for p in model.parameters() if p.device.type != "meta")
+    except StopIteration:
+        import torch
+
+        return torch.device("cpu")
+
+
+def _output_length(row: list[int], stop_ids: set[int]) -> tuple[int, bool]:
+    """(answer tokens before the first stop token, whether no stop token came = hit the token limit)."""
+    for position, token in enumerate(row):
+        if token in stop_ids:
+            return position, False
+    return len(row), True
+
+
+def generate_predictions(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[TestRecord],
+    settings: GenerationSettings,
+    desc: str = "predict",
+    progress: bool = True,
+) -> list[Prediction]:
+    """Generate an answer for every record, batched by length; returns predictions in record order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if not records:
+        raise AfinarError("test split: no records to predict — check predicao.n_exemplos and the test split")
+    prepare_tokenizer(tokenizer)
+    texts = render_prompts(tokenizer, records)
+    prompts = encode_prompts(tokenizer, texts, [r.id for r in records], settings.max_prompt_tokens)
+    cfg = generation_config(model, tokenizer, settings)
+    stop_ids = set(cfg.eos_token_id or [])
+    device = _model_device(model)
+    pad = tokenizer.pad_token_id
+    model.eval()
+    if settings.sampling:
+        torch.manual_seed(settings.seed)
+    results: list[Prediction | None] = [None] * len(records)
+    interactive = sys.stderr.isatty()
+    bar = tqdm(
+        total=len(records),
+        desc=desc,
+        unit="ex",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=0.5 if interactive else 30.0,
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    with torch.inference_mode(), bar:
+        for batch in length_sorted_batches(prompts, settings.batch_size):
+            width = max(len(p.ids) for p in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, p in enumerate(batch):
+                input_ids[row, width - len(p.ids) :] = torch.tensor(p.ids, dtype=torch.long)
+                attention[row, width - len(p.ids) :] = 1
+            t0 = time.perf_counter()
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=cfg
+            )
+            new_tokens = out[:, width:].cpu().tolist()
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for p, row in zip(batch, new_tokens, strict=True):
+                n_out, hit_limit = _output_length(row, stop_ids)
+                text = tokenizer.decode(row[:n_out], skip_special_tokens=True).strip()
+                record = records[p.index]
+                results[p.index] = Prediction(
+                    id=record.id,
+                    prompt=record.prompt,
+                    esperado=record.esperado,
+                    gerado=text,
+                    tokens_prompt=len(p.ids),
+                    tokens_saida=n_out,
+                    segundos=round(seconds, 4),
+                    truncado=p.truncated,
+                    limite_atingido=hit_limit,
+                )
+                log.debug("record %s: %d prompt tokens → %d output tokens", record.id, len(p.ids), n_out)
+            bar.update(len(batch))
+    predictions = [p for p in results if p is not None]
+    _log_summary(predictions, time.perf_counter() - started, settings, desc)
+    return predictions
+
+
+def _log_summary(
+    predictions: Sequence[Prediction], elapsed: float, settings: GenerationSettings, desc: str
+) -> None:
+    n = len(predictions)
+    out_tokens = sum(p.tokens_saida for p in predictions)
+    log.info(
+        "%s: %d records in %.1f s (%.1f output tokens/s, batch_size %d, %s decoding)",
+        desc,
+        n,
+        elapsed,
+        out_tokens / elapsed if elapsed > 0 else math.nan,
+        settings.batch_size,
+        f"sampling T={settings.temperatura} top_p={settings.top_p}" if settings.sampling else "greedy",
+    )
+    empty = [p.id for p in predictions if not p.gerado]
+    if empty:
+        log.warning(
+            "%s: %d of %d generations are empty (ids %s%s) — they count as wrong answers",
+            desc,
+            len(empty),
+            n,
+            ", ".join(empty[:5]),
+            ", ..." if len(empty) > 5 else "",
+        )
+    limited = sum(p.limite_atingido for p in predictions)
+    if limited:
+        log.warning(
+            "%s: %d of %d generations stopped at max_new_tokens = %d without an end-of-turn token — "
+            "raise predicao.max_new_tokens if answers look cut off",
+            desc,
+            limited,
+            n,
+            settings.max_new_tokens,
+        )
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for generation and what was loaded, for logs and the CLI's JSON."""
+
+    model: Any
+    tokenizer: Any
+    source: str  # "adapter", "full" (lora.r = 0) or "base"
+    backend: str
+    notes: list[str] = field(default_factory=list)
+
+
+def adapter_kind(folder: str | Path) -> str | None:
+    """ "lora" (PEFT adapter files), "full" (a whole model, lora.r = 0) or None (nothing trained there)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    if (folder / "adapter_config.json").is_file() and any((folder / w).is_file() for w in ADAPTER_WEIGHTS):
+        return "lora"
+    if (folder / "config.json").is_file() and any((folder / w).is_file() for w in FULL_WEIGHTS):
+        return "full"
+    return None
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` → unsloth when it imports and CUDA is present, else transformers (same rule as training)."""
+    backend = (backend or "auto").lower()
+    if backend not in ("auto", "unsloth", "transformers"):
+        raise AfinarError(f"treinamento.backend: {backend!r} — use auto, unsloth or transformers")
+    if backend == "transformers":
+        return backend
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if backend == "unsloth" and not has_cuda:
+        raise AfinarError(
+            "treinamento.backend: unsloth needs a CUDA GPU — use backend: auto or transformers here"
+        )
+    if backend == "auto" and not has_cuda:
+        return "transformers"
+    try:
+        import unsloth  # noqa: F401
+    except Exception as exc:
+        if backend == "unsloth":
+            raise AfinarError(
+                f"treinamento.backend: unsloth does not import ({str(exc).splitlines()[0]}) — install the "
+                "train environment (envs/train.yaml) or use backend: transformers"
+            ) from None
+        return "transformers"
+    return "unsloth"
+
+
+def _torch_dtype() -> Any:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _effective_bits(nbits: int) -> int:
+    """The bits the adapter was trained with; on a CPU (quantization needs CUDA) full precision instead,
+    so a GPU-trained adapter can still be tried on a laptop."""
+    import torch
+
+    from afinar.models import check_quantization
+
+    if nbits in (4, 8) and not torch.cuda.is_available():
+        log.warning(
+            "treinamento.nbits %d: quantized loading needs CUDA; loading in full precision on CPU", nbits
+        )
+        return 16
+    check_quantization(nbits, torch.cuda.is_available())
+    return nbits if nbits in (4, 8) else 16
+
+
+def _load_base_transformers(source: str, nbits: int) -> Any:
+    import torch
+
+    from afinar.models import load_causal_lm
+
+    bits = _effective_bits(nbits)
+    model = load_causal_lm(source, _torch_dtype(), bits)
+    if bits == 16 and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model
+
+
+def _load_base_unsloth(base: str, nbits: int, max_seq_length: int) -> tuple[Any, Any]:
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=base,
+        max_seq_length=max_seq_length,
+        load_in_4bit=nbits == 4,
+        load_in_8bit=nbits == 8,
+        dtype=None,
+    )
+    return model, tokenizer
+
+
+def _attach_adapter(model: Any, base: str, adapter_dir: Path) -> Any:
+    """Load the PEFT adapter onto ``model``; any mismatch becomes one error naming both models.
+
+    A different recorded base name alone is only a warning: the same weights are often reached by
+    different names (a hub id during training, a local copy on the cluster). Shapes or module names
+    that do not fit are an error.
+    """
+    from peft import PeftModel
+
+    from afinar.models import adapter_base_model, same_model
+
+    recorded = adapter_base_model(adapter_dir)
+    if recorded and not same_model(recorded, base):
+        log.warning(
+            "%s was trained on %r but modelo.base is %r; loading it anyway (same weights under another name?)",
+            adapter_dir,
+            recorded,
+            base,
+        )
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        size = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise AfinarError(
+            f"{adapter_dir}: the adapter does not fit modelo.base {base!r} — it was trained on "
+            f"{recorded or 'an unrecorded base model'!r} ({(size[0] if size else first)[:200]}); set modelo.base "
+            "to the model it was trained on, or retrain the adapter"
+        ) from None
+
+
+def load_for_inference(
+    base: str,
+    adapter_dir: str | Path | None,
+    backend: str = "auto",
+    nbits: int = 0,
+    max_seq_length: int = 4096,
+) -> LoadedModel:
+    """Load the base model (+ the trained adapter in ``adapter_dir``, unless None) ready for generation.
+
+    ``adapter_dir`` may hold a PEFT adapter or a full model (``lora.r: 0``); anything else is an error
+    that says how to train it. The tokenizer saved next to the adapter wins over the base model's, since
+    it carries the chat template training used; a base tokenizer without a template gets the same family
+    fallback training would install (``afinar.chat``). With the Unsloth backend, ``for_inference``
+    switches on its fast generation path.
+    """
+    from afinar.chat import ensure_chat_template
+    from afinar.models import load_tokenizer, resolve_model_source
+
+    kind = None
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        kind = adapter_kind(adapter_dir)
+        if kind is None:
+            raise AfinarError(
+                f"{adapter_dir}: no trained adapter there (adapter_config.json + adapter_model.safetensors, or a "
+                f"full model) — train it first: `snakemake {adapter_dir}`, or predict with the base model"
+            )
+    has_tokenizer = adapter_dir is not None and any((adapter_dir / f).is_file() for f in TOKENIZER_FILES)
+    if kind == "full":
+        chosen = "transformers"
+        model = _load_base_transformers(str(adapter_dir), nbits)
+        tokenizer = None
+    else:
+        base = resolve_model_source(base)
+        chosen = resolve_backend(backend)
+        if chosen == "unsloth":
+            model, tokenizer = _load_base_unsloth(base, nbits, max_seq_length)
+        else:
+            model, tokenizer = _load_base_transformers(base, nbits), None
+        if kind == "lora":
+            model = _attach_adapter(model, base, adapter_dir)
+    if has_tokenizer:
+        tokenizer = load_tokenizer(str(adapter_dir))
+    elif tokenizer is None:
+        tokenizer = load_tokenizer(base)
+    ensure_chat_template(tokenizer, base)
+    source = {"lora": "adapter", "full": "full", None: "base"}[kind]
+    loaded = LoadedModel(model, tokenizer, source, chosen)
+    if chosen == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(loaded.model)
+    loaded.model.eval()
+    prepare_tokenizer(loaded.tokenizer)
+    log.info("loaded the %s model (%s backend) from %s", source, chosen, adapter_dir if kind else base)
+    return loaded
+
+
+# ------------------------------------------------------------------------------------------ the rule
+
+
+def write_predictions(path: str | Path, predictions: Sequence[Prediction]) -> None:
+    """Atomic JSONL with mode 0600: it holds decrypted prompts and answers."""
+    from afinar.io import atomic_write_jsonl
+
+    atomic_write_jsonl(path, (p.as_row() for p in predictions), mode=0o600)
+
+
+def run_prediction(
+    test_split: str | Path,
+    out_path: str | Path,
+    base: str,
+    adapter_dir: str | Path | None,
+    settings: GenerationSettings,
+    backend: str = "auto",
+    nbits: int = 0,
+    memory_jsonl: str | Path | None = None,
+    memory_png: str | Path | None = None,
+) -> list[Prediction]:
+    """The predict rule: test split → predictions JSONL (adapter, or base when ``adapter_dir`` is None).
+
+    While it runs, a background sampler writes RAM/GPU use to ``memory_jsonl`` and, at the end, the
+    seed's chart ``memory_png`` (both optional).
+    """
+    from contextlib import nullcontext
+
+    from afinar.prediction_memory import memory_sampler, plot_prediction_memory
+
+    records = read_test_split(test_split, settings.n_exemplos)
+    log.info("%d test records from %s (n_exemplos=%d)", len(records), test_split, settings.n_exemplos)
+    sampler = memory_sampler(memory_jsonl) if memory_jsonl else nullcontext()
+    with sampler:
+        loaded = load_for_inference(base, adapter_dir, backend, nbits, settings.max_seq_length)
+        label = "predict (base model)" if loaded.source == "base" else "predict"
+        predictions = generate_predictions(loaded.model, loaded.tokenizer, records, settings, desc=label)
+    write_predictions(out_path, predictions)
+    if memory_jsonl and memory_png:
+        plot_prediction_memory(memory_jsonl, memory_png)
+    log.info("wrote %d predictions to %s", len(predictions), out_path)
+    del loaded
+    _free_cuda()
+    return predictions
+
+
+def _free_cuda() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

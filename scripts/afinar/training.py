@@ -1,0 +1,639 @@
+"""Train one experiment: split parquets → LoRA adapter (or full model) + metric files.
+
+Reads top to bottom like nanoGPT: settings → backend → model and tokenizer → chat template and
+response markers → tokenized datasets (labels masked outside assistant turns) → SFTTrainer → check a
+collated batch → train (resuming from the newest complete checkpoint) → final evaluation → adapter
+saved atomically → metric files. Both backends (Unsloth on CUDA, transformers + PEFT + TRL anywhere)
+share everything but model loading.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from afinar import chat, checkpoints, models
+from afinar.errors import AfinarError
+from afinar.io import atomic_path, atomic_write_json
+
+log = logging.getLogger("afinar.training")
+
+_EIGHT_BIT_OPTIMS = {
+    "adamw_8bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "adamw_torch_8bit",
+    "lion_8bit",
+    "paged_lion_8bit",
+}
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Every file a training run reads or writes. Live metric files sit next to the checkpoints."""
+
+    train: Path
+    validation: Path
+    adapter: Path
+    metrics_summary: Path
+    metrics_stream: Path
+    training_metrics: Path
+    hardware_metrics: Path
+    checkpoints: Path
+
+    @classmethod
+    def for_experiment(cls, results: str | Path, exp: str) -> TrainPaths:
+        """The contract's layout: ``results/data/*.parquet`` in, ``results/{exp}/...`` out."""
+        r, e = Path(results), Path(results) / exp
+        return cls(
+            train=r / "data" / "treino.parquet",
+            validation=r / "data" / "validacao.parquet",
+            adapter=e / "adapter",
+            metrics_summary=e / "metrics_summary.json",
+            metrics_stream=e / "metrics_stream.jsonl",
+            training_metrics=e / "treinamento" / "training_metrics.jsonl",
+            hardware_metrics=e / "treinamento" / "hardware_metrics.jsonl",
+            checkpoints=e / "checkpoints",
+        )
+
+    def live(self, path: Path) -> Path:
+        """Where a metric file grows during training (survives a killed job; copied out at the end)."""
+        return self.checkpoints / path.name
+
+
+# ---------------------------------------------------------------- settings that depend on the machine
+
+
+def choose_backend(requested: str, cuda: bool) -> str:
+    """``auto`` → Unsloth where CUDA is present and it imports, else transformers."""
+    requested = (requested or "auto").lower()
+    if requested == "transformers":
+        return "transformers"
+    unsloth_ok, why = False, "it is not installed"
+    if cuda and importlib.util.find_spec("unsloth") is not None:
+        try:
+            import unsloth  # noqa: F401  (must be imported before transformers/trl to patch them)
+
+            unsloth_ok = True
+        except Exception as exc:  # unsloth raises many kinds of errors on import
+            why = f"it does not import ({models._short(exc)})"
+    elif not cuda:
+        why = "there is no CUDA GPU"
+    if requested == "unsloth" and not unsloth_ok:
+        raise AfinarError(
+            f"treinamento.backend: unsloth cannot be used because {why} — use backend: transformers"
+        )
+    return "unsloth" if unsloth_ok else "transformers"
+
+
+def check_trl_on_cpu(cuda: bool) -> None:
+    """TRL 1.15 cannot train on CPU (its fused LM head needs Triton on CUDA); 1.16 can."""
+    if cuda:
+        return
+    import trl
+
+    version = tuple(int(x) for x in trl.__version__.split(".")[:2] if x.isdigit())
+    if version < (1, 16):
+        raise AfinarError(
+            f"treinamento.backend: no CUDA GPU here and TRL {trl.__version__} cannot train on CPU — "
+            "set backend: transformers (its environment has TRL 1.16) or run on a GPU"
+        )
+
+
+def choose_precision(precisao: str, cuda: bool) -> str:
+    """Resolve ``precisao`` (auto|bf16|fp16|fp32) for this machine; fp16 needs CUDA."""
+    import torch
+
+    p = (precisao or "auto").lower()
+    if p == "auto":
+        if not cuda:
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if p == "fp16" and not cuda:
+        raise AfinarError("treinamento.precisao: fp16 needs a CUDA GPU — use auto, bf16 or fp32 on CPU")
+    if p == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise AfinarError("treinamento.precisao: this GPU has no bf16 — use fp16 or auto")
+    if p not in {"bf16", "fp16", "fp32"}:
+        raise AfinarError(f"treinamento.precisao: {precisao!r} is not one of auto, bf16, fp16, fp32")
+    return p
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def choose_optim(optim: str, cuda: bool) -> str:
+    """``auto`` = adamw_8bit on CUDA with bitsandbytes, else adamw_torch; 8-bit ones fall back on CPU."""
+    if not optim or optim == "auto":
+        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+        return "adamw_8bit" if cuda and has_bnb else "adamw_torch"
+    if optim in _EIGHT_BIT_OPTIMS and not cuda:
+        log.info("optim %s needs CUDA: using adamw_torch on CPU", optim)
+        return "adamw_torch"
+    return optim
+
+
+def resolve_steps(eval_steps: Any, total_steps: int) -> int:
+    """``"N%"`` of all optimizer steps (of the whole run, not of one epoch as in the original, B16) or an
+    integer; 0 (or "0%") = no periodic evaluation."""
+    if isinstance(eval_steps, str) and eval_steps.strip().endswith("%"):
+        try:
+            pct = float(eval_steps.strip()[:-1])
+        except ValueError as exc:
+            raise AfinarError(
+                f"treinamento.eval_steps: {eval_steps!r} is not a percentage like '15%'"
+            ) from exc
+        if not 0 <= pct <= 100:
+            raise AfinarError(f"treinamento.eval_steps: {eval_steps!r} must be between 0% and 100%")
+        return 0 if pct == 0 else max(1, math.floor(total_steps * pct / 100))
+    try:
+        value = int(str(eval_steps).strip())
+    except ValueError as exc:
+        raise AfinarError(
+            f"treinamento.eval_steps: {eval_steps!r} must be an integer or a percentage like '15%'"
+        ) from exc
+    if value < 0:
+        raise AfinarError(f"treinamento.eval_steps: {eval_steps!r} must not be negative")
+    return value
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_split(path: Path, name: str) -> list[list[dict]]:
+    """The ``messages`` of a split parquet, as plain lists of ``{role, content}`` dicts."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise AfinarError(f"{path}: split file not found — run the split rule first")
+    frame = pd.read_parquet(path)
+    if "messages" not in frame.columns:
+        raise AfinarError(f"{path}: no 'messages' column — the split rule writes it; rerun it")
+    rows = [
+        [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs] for msgs in frame["messages"]
+    ]
+    log.info("%s split: %d records", name, len(rows))
+    return rows
+
+
+def _shorten_prompt(tokenizer: Any, msgs: list[dict], overflow: int) -> list[dict] | None:
+    """Cut ``overflow`` (+ a small margin) tokens off the end of the last user message; None if it cannot."""
+    idx = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
+    if idx is None:
+        return None
+    ids = tokenizer(msgs[idx]["content"], add_special_tokens=False)["input_ids"]
+    keep = len(ids) - overflow - 2
+    if keep <= 0:
+        return None
+    out = [dict(m) for m in msgs]
+    out[idx]["content"] = tokenizer.decode(ids[:keep])
+    return out
+
+
+def tokenize_split(
+    tokenizer: Any,
+    rows: list[list[dict]],
+    markers: chat.ChatMarkers | None,
+    max_len: int,
+    filtro: dict | None,
+    name: str,
+) -> tuple[dict[str, list], dict[str, int]]:
+    """Tokenize conversations; drop (``descartar``) or shorten the prompt of (``truncar``) long ones.
+
+    The answer is never cut: a truncated answer teaches the model to stop mid-sentence. Conversations
+    left with no trainable token are dropped too, and every count is reported.
+    """
+    filtro = filtro or {}
+    limit = min(int(filtro.get("max_tokens") or max_len), max_len)
+    truncate = (filtro.get("acao") or "descartar") == "truncar"
+    out: dict[str, list] = {"input_ids": [], "labels": []}
+    stats = {
+        "registros": len(rows),
+        "descartados_longos": 0,
+        "truncados": 0,
+        "sem_alvo": 0,
+        "tokens": 0,
+        "max_tokens": 0,
+    }
+    for msgs in rows:
+        enc = chat.tokenize_conversation(tokenizer, msgs, markers)
+        tries = 0
+        while len(enc["input_ids"]) > limit and truncate and tries < 4:
+            shorter = _shorten_prompt(tokenizer, msgs, len(enc["input_ids"]) - limit)
+            if shorter is None:
+                break
+            msgs, tries = shorter, tries + 1
+            enc = chat.tokenize_conversation(tokenizer, msgs, markers)
+        if len(enc["input_ids"]) > limit:
+            stats["descartados_longos"] += 1
+            continue
+        stats["truncados"] += tries > 0
+        if all(v == -100 for v in enc["labels"]):
+            stats["sem_alvo"] += 1
+            continue
+        out["input_ids"].append(enc["input_ids"])
+        out["labels"].append(enc["labels"])
+        stats["tokens"] += len(enc["input_ids"])
+        stats["max_tokens"] = max(stats["max_tokens"], len(enc["input_ids"]))
+    if stats["descartados_longos"] or stats["truncados"] or stats["sem_alvo"]:
+        log.warning(
+            "%s: %d records dropped as longer than %d tokens, %d with a shortened prompt, %d with nothing to learn",
+            name,
+            stats["descartados_longos"],
+            limit,
+            stats["truncados"],
+            stats["sem_alvo"],
+        )
+    return out, stats
+
+
+def check_collated_batch(trainer: Any, tokenizer: Any, masking: bool, n: int = 4) -> float:
+    """Collate the first training examples exactly as training will, and refuse garbage before training.
+
+    With response-only loss on, a batch where no token or every token is trainable means the markers
+    did not match the data: training would learn nothing or learn the prompts.
+    """
+    ds = trainer.train_dataset
+    examples = [ds[i] for i in range(min(n, len(ds)))]
+    batch = trainer.data_collator(examples)
+    labels = batch["labels"]
+    real = labels.numel() if "attention_mask" not in batch else int(batch["attention_mask"].sum())
+    trainable = int((labels != -100).sum())
+    masked = 1.0 - trainable / max(real, 1)
+    if trainable == 0:
+        raise AfinarError(
+            "treinamento.train_on_responses_only: no token of the first batch is trainable — the chat template's "
+            "assistant marker does not match the data; check the template or set it to false"
+        )
+    if masking and trainable >= real:
+        raise AfinarError(
+            "treinamento.train_on_responses_only: every token of the first batch is trainable, so the prompt is "
+            "not masked — check the chat template"
+        )
+    first = labels[0]
+    sample = tokenizer.decode([int(t) for t in first[first != -100]][:200])
+    log.debug("first trainable text of the first batch: %r", sample)
+    log.info("loss on %.1f%% of tokens (%.1f%% masked)", 100 * (1 - masked), 100 * masked)
+    return masked
+
+
+# ---------------------------------------------------------------- models
+
+
+def _target_modules(lora: dict) -> list[str] | None:
+    """LoRA target modules as a list; None for ``all-linear`` or nothing (each backend's default)."""
+    value = lora.get("target_modules")
+    if not value or value == "all-linear":
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def load_transformers(
+    source: str, tr: dict, lora: dict, dtype: Any, seed: int, continuar_de: str
+) -> tuple[Any, Any]:
+    """transformers + PEFT: base model, then a new LoRA adapter (or the one in ``continuar_de``)."""
+    from transformers import set_seed
+
+    tokenizer = models.load_tokenizer(source)
+    model = models.load_causal_lm(source, dtype, int(tr.get("nbits") or 16))
+    if int(tr.get("nbits") or 16) in (4, 8):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(tr.get("gradient_checkpointing"))
+        )
+    if int(lora.get("r") or 0) == 0:
+        log.info("lora.r is 0: full fine-tuning")
+        return model, tokenizer
+    set_seed(seed)  # the adapter's random init must not depend on what ran before
+    if continuar_de:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, continuar_de, is_trainable=True), tokenizer
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=int(lora["r"]),
+        lora_alpha=lora.get("alpha", 32),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=_target_modules(lora) or "all-linear",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config), tokenizer
+
+
+def load_unsloth(
+    source: str, tr: dict, lora: dict, dtype: Any, seed: int, continuar_de: str
+) -> tuple[Any, Any]:
+    """Unsloth: FastLanguageModel with its kernels, 4/8-bit loading and offloaded gradient checkpointing."""
+    from transformers import set_seed
+    from unsloth import FastLanguageModel
+
+    nbits = int(tr.get("nbits") or 16)
+    full = int(lora.get("r") or 0) == 0
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=continuar_de or source,
+        max_seq_length=int(tr["max_seq_length"]),
+        dtype=dtype,
+        load_in_4bit=nbits == 4,
+        load_in_8bit=nbits == 8,
+        full_finetuning=full,
+        local_files_only=models.is_offline(),
+    )
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # multimodal processors wrap the text tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if full or continuar_de:
+        if continuar_de:
+            FastLanguageModel.for_training(model)
+        return model, tokenizer
+    set_seed(seed)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=int(lora["r"]),
+        lora_alpha=lora.get("alpha", 32),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=_target_modules(lora)
+        or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        bias="none",
+        use_gradient_checkpointing="unsloth" if tr.get("gradient_checkpointing", True) else False,
+        random_state=seed,
+    )
+    return model, tokenizer
+
+
+def count_parameters(model: Any) -> dict[str, Any]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "treinaveis": trainable,
+        "total": total,
+        "percentual": round(100.0 * trainable / max(total, 1), 4),
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(
+    exp: dict, paths: TrainPaths, extra_callbacks: Sequence[Any] = (), threads: int | None = None
+) -> dict[str, Any]:
+    """Train one experiment (``exp`` = merged ``{modelo, treinamento, lora}``) and write its outputs.
+
+    ``threads`` caps torch's CPU threads (the rule's ``threads``): on a shared machine, more threads
+    than free cores make small CPU runs 10x slower from spinning. Returns the summary written to
+    ``metrics_summary.json``.
+    """
+    import torch
+
+    modelo, tr, lora = exp["modelo"], exp["treinamento"], exp["lora"]
+    seed = int(tr.get("seed", 3407))
+    cuda = torch.cuda.is_available()
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+
+    # 1. settings that depend on this machine; every user error before anything heavy is loaded
+    backend = choose_backend(tr.get("backend", "auto"), cuda)
+    check_trl_on_cpu(cuda)
+    nbits = int(tr.get("nbits") or 16)
+    models.check_quantization(nbits, cuda)
+    precision = choose_precision(tr.get("precisao", "auto"), cuda)
+    dtype = torch_dtype(precision)
+    source = models.resolve_model_source(str(modelo["base"]))
+    max_len = int(tr["max_seq_length"])
+    models.check_max_seq_length(max_len, models.read_model_config(source), source)
+    continuar_de = str(tr.get("continuar_de") or "")
+    if continuar_de:
+        models.resolve_model_source(continuar_de, key="treinamento.continuar_de")
+        models.check_adapter_matches_base(continuar_de, str(modelo["base"]))
+    masking = bool(tr.get("train_on_responses_only", True))
+    log.info(
+        "backend %s, precision %s, %s-bit, device %s", backend, precision, nbits, "cuda" if cuda else "cpu"
+    )
+
+    # 2. data
+    train_rows = read_split(paths.train, "treino")
+    if not train_rows:
+        raise AfinarError(
+            f"{paths.train}: the training split has zero records — check the split proportions and data"
+        )
+    eval_rows = read_split(paths.validation, "validacao") if paths.validation.is_file() else []
+    if not eval_rows:
+        log.warning(
+            "%s: no validation records: training without evaluation or early stopping", paths.validation
+        )
+
+    # 3. model, tokenizer, chat template, response markers
+    from transformers import set_seed
+
+    set_seed(seed)
+    loader = load_unsloth if backend == "unsloth" else load_transformers
+    model, tokenizer = loader(source, tr, lora, dtype, seed, continuar_de)
+    template_source = chat.ensure_chat_template(tokenizer, str(modelo["base"]))
+    markers = chat.derive_markers(tokenizer) if masking else None
+    if markers:
+        log.info(
+            "response-only loss: assistant turns start after %r and end with %r",
+            markers.response_prefix,
+            markers.end_of_turn,
+        )
+
+    # 4. tokenized datasets (input_ids + labels: the same on both backends and TRL 1.15/1.16)
+    from datasets import Dataset
+
+    filtro = tr.get("filtro_tokens") or {}
+    train_tok, train_stats = tokenize_split(tokenizer, train_rows, markers, max_len, filtro, "treino")
+    if not train_tok["input_ids"]:
+        raise AfinarError(
+            f"{paths.train}: no training record is left after tokenization — check max_seq_length/filtro_tokens"
+        )
+    eval_tok, eval_stats = tokenize_split(tokenizer, eval_rows, markers, max_len, filtro, "validacao")
+    train_ds = Dataset.from_dict(train_tok)
+    eval_ds = Dataset.from_dict(eval_tok) if eval_tok["input_ids"] else None
+
+    # 5. trainer configuration
+    batch, accum = int(tr["batch_size"]), int(tr["grad_batch_size"])
+    packing = bool(tr.get("packing", False))
+    epochs = float(tr["epochs"])
+    max_steps = int(tr.get("max_steps", -1) or -1)
+    if packing:
+        rows_estimate = max(1, math.ceil(train_stats["tokens"] / max_len))
+    else:
+        rows_estimate = len(train_ds)
+    steps_per_epoch = max(1, math.ceil(rows_estimate / (batch * accum)))
+    total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
+    eval_every = resolve_steps(tr.get("eval_steps", "15%"), total_steps) if eval_ds is not None else 0
+    do_eval = bool(eval_every)
+    if eval_ds is not None and not do_eval:
+        log.info("eval_steps is 0: no periodic evaluation (the final evaluation still runs)")
+    paciencia = tr.get("paciencia")
+    save = bool(tr.get("save_checkpoints", True)) or bool(paciencia and do_eval)
+    if paciencia and do_eval and not tr.get("save_checkpoints", True):
+        log.info(
+            "paciencia needs checkpoints to restore the best model: saving them although save_checkpoints is false"
+        )
+    save_every = eval_every or max(1, min(50, total_steps // 5 or 1))
+    load_best = bool(save and do_eval)  # B10: best-model reloading only where checkpoints are saved
+    report_to = tr.get("report_to") or []
+    if isinstance(report_to, str):
+        report_to = [report_to]
+
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(paths.checkpoints),
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=float(tr["learning_rate"]),
+        warmup_steps=int(tr.get("warmup_steps", 0)),
+        weight_decay=float(tr.get("weight_decay", 0.0)),
+        lr_scheduler_type=tr.get("lr_scheduler_type") or "linear",
+        optim=choose_optim(tr.get("optim", ""), cuda),
+        max_grad_norm=float(tr.get("max_grad_norm", 1.0)),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=seed,
+        data_seed=seed,
+        logging_steps=1,
+        eval_strategy="steps" if do_eval else "no",
+        eval_steps=eval_every or None,
+        save_strategy="steps" if save else "no",
+        save_steps=save_every,
+        save_total_limit=int(tr.get("save_total_limit") or 0) or None,
+        load_best_model_at_end=load_best,
+        metric_for_best_model="eval_loss" if load_best else None,
+        greater_is_better=False if load_best else None,
+        report_to=list(report_to) or "none",
+        gradient_checkpointing=bool(tr.get("gradient_checkpointing", False)) and backend == "transformers",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=max_len,
+        packing=packing,
+        train_sampling_strategy="group_by_length"
+        if tr.get("agrupar_por_tamanho", False) and not packing
+        else "random",
+        dataset_num_proc=None,
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        disable_tqdm=True,
+    )
+    callbacks: list[Any] = list(extra_callbacks)
+    if paciencia and do_eval:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(paciencia)))
+
+    # 6. checkpoints: resume only a run with the same settings and data
+    fingerprint = checkpoints.run_fingerprint(
+        {"modelo": modelo, "treinamento": tr, "lora": lora, "backend": backend},
+        [paths.train, paths.validation] if paths.validation.is_file() else [paths.train],
+    )
+    resume = checkpoints.prepare_folder(
+        paths.checkpoints, fingerprint, bool(tr.get("resume_from_checkpoint", True))
+    )
+    if resume:
+        log.info("resuming from %s (step %d)", resume, checkpoints.checkpoint_step(resume))
+
+    from afinar.callbacks import MetricsCallback
+    from afinar.monitor import BackgroundSampler
+
+    shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
+    sampler = BackgroundSampler(
+        paths.live(paths.hardware_metrics), interval_s=5.0, extra=lambda: dict(shared), append=True
+    )
+    metrics_cb = MetricsCallback(
+        paths.live(paths.metrics_stream), paths.live(paths.training_metrics), shared, sampler
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[metrics_cb, *callbacks],
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
+    masked = check_collated_batch(trainer, tokenizer, masking)
+    params = count_parameters(trainer.model)
+    log.info(
+        "trainable parameters: %s of %s (%.4f%%)",
+        f"{params['treinaveis']:,}",
+        f"{params['total']:,}",
+        params["percentual"],
+    )
+
+    # 7. train, evaluate, save
+    with sampler:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        final_eval = trainer.evaluate() if eval_ds is not None else {}
+    save_model(trainer, tokenizer, paths.adapter)
+
+    summary = {
+        **result.metrics,
+        "global_step": result.global_step,
+        "training_loss": result.training_loss,
+        "final_eval": final_eval,  # B11: the final evaluation is written, not dropped
+        "best_eval_loss": metrics_cb.best_eval,
+        "retomado_de": str(resume) if resume else None,
+        "backend": backend,
+        "precisao": precision,
+        "nbits": int(tr.get("nbits") or 0),
+        "modelo_base": str(modelo["base"]),
+        "continuar_de": continuar_de or None,
+        "template": template_source,
+        "marcadores": markers.__dict__ if markers else None,
+        "fracao_mascarada": round(masked, 4),
+        "ds_train_len": len(train_ds),
+        "ds_eval_len": len(eval_ds) if eval_ds is not None else 0,
+        "tokens_treino": train_stats,
+        "tokens_validacao": eval_stats,
+        "modelo_info": params,
+        "pico_hardware": sampler.peaks,
+    }
+    publish_metrics(paths)
+    atomic_write_json(paths.metrics_summary, summary)
+    if tr.get("limpar_checkpoints", False):
+        checkpoints.clear(paths.checkpoints)
+        log.info("limpar_checkpoints: removed %s", paths.checkpoints)
+    return summary
+
+
+def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
+    """Save the adapter (or full model) + tokenizer under a temporary name, then rename into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("saved %s", out)
+
+
+def publish_metrics(paths: TrainPaths) -> None:
+    """Copy the live (appended, resume-proof) metric files to their declared output paths atomically."""
+    for final in (paths.metrics_stream, paths.training_metrics, paths.hardware_metrics):
+        live = paths.live(final)
+        with atomic_path(final) as tmp:
+            if live.is_file():
+                shutil.copyfile(live, tmp)
+            else:
+                tmp.write_text("", encoding="utf-8")

@@ -1,0 +1,41 @@
+"""Rule `train`: split parquets → results/{exp}/adapter/ + metric files (see afinar.training)."""
+
+import os
+from pathlib import Path
+
+from afinar.errors import AfinarError, run_rule
+
+
+def main(smk) -> None:
+    backend = smk.params.treinamento["backend"]
+    # Snakemake scales a job's gpu request down to --resources gpu=N; with N=0 the job gets no GPU.
+    if int(getattr(smk.resources, "gpu", 1)) == 0 and backend in ("auto", "unsloth"):
+        if backend == "unsloth":
+            raise AfinarError(
+                "treinamento.backend: unsloth needs a GPU but snakemake ran this job with --resources gpu=0 — "
+                "give it a GPU (--resources gpu=1) or set backend: transformers"
+            )
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # auto with gpu=0: train on the CPU, as asked
+    # Choose this job's GPU before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES only once.
+    from afinar.gpu_slots import claim_gpu
+
+    slot = claim_gpu(timeout_s=600)
+    from afinar.training import TrainPaths, train
+
+    out = smk.output
+    paths = TrainPaths(
+        train=Path(smk.input.treino),
+        validation=Path(smk.input.validacao),
+        adapter=Path(out.adapter),
+        metrics_summary=Path(out.summary),
+        metrics_stream=Path(out.stream),
+        training_metrics=Path(out.training_metrics),
+        hardware_metrics=Path(out.hardware_metrics),
+        checkpoints=Path(smk.params.checkpoints),
+    )
+    exp = {"modelo": smk.params.modelo, "treinamento": smk.params.treinamento, "lora": smk.params.lora}
+    with slot:
+        train(exp, paths, threads=smk.threads)
+
+
+run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

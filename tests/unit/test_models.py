@@ -1,0 +1,79 @@
+"""Model sources: local folders, offline hub ids, limits and adapters — each problem one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from afinar import models
+from afinar.errors import AfinarError
+
+
+def test_local_folder_is_accepted(tiny_model_dir):
+    assert models.resolve_model_source(str(tiny_model_dir)) == str(tiny_model_dir)
+    assert models.model_max_length(models.read_model_config(str(tiny_model_dir))) == 4096
+
+
+def test_missing_and_corrupt_folders(tmp_path):
+    with pytest.raises(AfinarError, match="not found — download the model first"):
+        models.resolve_model_source(str(tmp_path / "nope"))
+    with pytest.raises(AfinarError, match="not found"):
+        models.resolve_model_source("results/demo/modelo-inexistente")
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(AfinarError, match="no config.json"):
+        models.resolve_model_source(str(tmp_path / "broken"))
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(AfinarError, match="corrupt"):
+        models.read_model_config(str(tmp_path / "broken"))
+
+
+def test_corrupt_weights_fail_cleanly(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AfinarError, match="cannot load the model"):
+        models.load_causal_lm(str(bad), torch.float32)
+
+
+def test_hub_id_offline_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(AfinarError, match="HF_HUB_OFFLINE is set — download it first"):
+        models.resolve_model_source("Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def test_hub_id_online_is_passed_through(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert models.resolve_model_source("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_max_seq_length_limit(tiny_model_dir):
+    cfg = models.read_model_config(str(tiny_model_dir))
+    models.check_max_seq_length(4096, cfg, "m")
+    with pytest.raises(AfinarError, match="above the limit of m \\(4096\\)"):
+        models.check_max_seq_length(8192, cfg, "m")
+
+
+def test_quantization_needs_cuda():
+    models.check_quantization(16, cuda=False)
+    models.check_quantization(0, cuda=False)
+    with pytest.raises(AfinarError, match="4-bit loading needs a CUDA GPU"):
+        models.check_quantization(4, cuda=False)
+
+
+def test_adapter_for_another_base(tmp_path, tiny_model_dir):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-7B"}))
+    with pytest.raises(AfinarError, match=r"trained on Qwen/Qwen2.5-7B, not on modelo.base .*modelo-base"):
+        models.check_adapter_matches_base(adapter, str(tiny_model_dir))
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir)}))
+    models.check_adapter_matches_base(adapter, str(tiny_model_dir))
+    with pytest.raises(AfinarError, match="no adapter_config.json"):
+        models.check_adapter_matches_base(tmp_path, "x")

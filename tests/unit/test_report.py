@@ -1,0 +1,161 @@
+"""The Markdown report: real numbers from the inputs, charts linked, text shown only when allowed."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import _report_fixtures as F
+import pytest
+from afinar import charts, report
+
+EXP_CONFIG = {
+    "modelo": {"base": "org/some-base", "saida": "results/exp1"},
+    "treinamento": {"epochs": 2, "max_seq_length": 64, "learning_rate": 0.0002},
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
+    "predicao": {"batch_size": 16, "max_new_tokens": 512},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A whole experiment's files, charts included (drawn once for the module: they cost seconds)."""
+    root = tmp_path_factory.mktemp("exp")
+    data = F.write_data(root)
+    exp = root / "results" / "exp1"
+    paths = {**data, **F.write_training(exp), **F.write_evaluation(exp, data["teste"]), "exp": exp}
+    out = exp / "treinamento"
+    paths["token_stats"] = out / "estatisticas_tokens.json"
+    charts.make_charts(
+        out,
+        paths["training"],
+        paths["hardware"],
+        {s: data[s] for s in charts.SPLITS},
+        paths["metricas"],
+        model_base="",
+        max_seq_length=64,
+        token_stats_path=paths["token_stats"],
+    )
+    return paths
+
+
+def inputs(run: dict[str, Path], **overrides) -> report.ReportInputs:
+    base = dict(
+        metricas=run["metricas"],
+        predicoes=run["predicoes"],
+        por_registro=run["por_registro"],
+        training_metrics=run["training"],
+        hardware_metrics=run["hardware"],
+        metrics_summary=run["summary"],
+        pareamento=run["pareamento"],
+        divisao=run["divisao"],
+        token_stats=run["token_stats"],
+        charts=[run["exp"] / "treinamento" / n for n in charts.CHART_NAMES],
+    )
+    base.update(overrides)
+    return report.ReportInputs(**base)
+
+
+def write(run: dict[str, Path], tmp_path: Path, misc: dict, relatorio: dict, **overrides) -> tuple[Path, str]:
+    out = run["exp"] / "relatorio.md"
+    report.write_report(
+        out,
+        "exp1",
+        EXP_CONFIG,
+        inputs(run, **overrides),
+        misc=misc,
+        relatorio=relatorio,
+        data_config={"formatos": {"tipo_entrada": "pastas", "formato_saida": "json"}},
+    )
+    return out, out.read_text(encoding="utf-8")
+
+
+PLAIN = {"log_level": "INFO", "env_chave_criptografia": ""}
+ENCRYPTED = {"log_level": "INFO", "env_chave_criptografia": "CHAVE_CRIPT"}
+
+
+def test_report_shows_the_real_numbers_of_its_inputs(run: dict[str, Path], tmp_path: Path) -> None:
+    _, text = write(run, tmp_path, PLAIN, {"mostrar_exemplos": None, "n_exemplos": 3})
+    metricas = json.loads(run["metricas"].read_text())
+    micro, base = metricas["modelo"]["campos_micro_f1"], metricas["base"]["campos_micro_f1"]
+    assert f"**{micro:.3f}**" in text and f"gain **{micro - base:+.3f}**" in text
+    assert f"| Exact match | {metricas['modelo']['exact_match']:.3f} | 0.000 |" in text
+    assert "| `cidade` |" in text
+    tokens = json.loads(run["token_stats"].read_text())["splits"]["treino"]
+    assert tokens["prompt"]["total"] > 0  # the original's token statistics were always zero (B11)
+    assert f"| train | 28 | {tokens['prompt']['media']:.1f} | {tokens['prompt']['max']} |" in text
+    assert "whitespace-separated words" in text  # no tokenizer: the unit says so
+    summary = json.loads(run["summary"].read_text())
+    assert "1,081,344 of 495,114,112" in text and report.format_duration(summary["train_runtime"]) in text
+    assert "GPU: NVIDIA H100 80GB HBM3" in text and "6.20 GB of 79.6 GB" in text
+    assert "| train | 28 | 0.70 | 0.667 |" in text  # configured vs effective proportions
+    assert "2 input file(s) without an answer" in text and "`z9`" in text
+    assert "lora:\n  r: 8\n  alpha: 16" in text  # configuration as YAML
+    for name in charts.CHART_NAMES:  # relative links that resolve from the report's folder
+        assert f"](treinamento/{name})" in text
+        assert (run["exp"] / "treinamento" / name).exists()
+
+
+def test_examples_with_text_when_the_source_is_not_encrypted(run: dict[str, Path], tmp_path: Path) -> None:
+    out, text = write(run, tmp_path, PLAIN, {"mostrar_exemplos": None, "n_exemplos": 2})
+    assert text.count("### Example `") == 2
+    assert F.SECRET_WORD in text and "**Generated**" in text
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_encrypted_source_hides_all_text(run: dict[str, Path], tmp_path: Path) -> None:
+    out, text = write(run, tmp_path, ENCRYPTED, {"mostrar_exemplos": None, "n_exemplos": 3})
+    assert text.count("### Example `") == 3
+    assert F.SECRET_WORD not in text and "**Prompt**" not in text
+    assert "text of examples is not shown" in text and "characters" in text
+    for pred in (json.loads(line) for line in run["predicoes"].read_text().splitlines()):
+        assert pred["esperado"] not in text
+
+
+def test_mostrar_exemplos_true_shows_encrypted_text_in_a_private_file(
+    run: dict[str, Path], tmp_path: Path
+) -> None:
+    out, text = write(run, tmp_path, ENCRYPTED, {"mostrar_exemplos": True, "n_exemplos": 1})
+    assert F.SECRET_WORD in text
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_missing_optional_inputs_are_stated_not_fatal(run: dict[str, Path], tmp_path: Path) -> None:
+    _, text = write(
+        run,
+        tmp_path,
+        PLAIN,
+        {"n_exemplos": 3},
+        por_registro=None,
+        pareamento=None,
+        hardware_metrics=None,
+        metrics_summary=None,
+        token_stats=None,
+        charts=[],
+    )
+    assert (
+        "No pairing step" in text
+        and "No hardware samples" in text
+        and "Token statistics not available" in text
+    )
+    assert "## 7. Examples" in text and text.count("### Example `") == 3
+    assert "| training time | 1m 35s |" in text  # from train_end of training_metrics.jsonl
+
+
+def test_examples_spread_from_best_to_worst() -> None:
+    preds = [{"id": f"r{i}"} for i in range(5)]
+    scores = {f"r{i}": {"rouge_l_f1": s} for i, s in enumerate([0.5, 0.9, 0.1, 0.7, 0.3])}
+    assert [p["id"] for p in report.pick_examples(preds, scores, 3)] == ["r1", "r0", "r2"]
+    assert [p["id"] for p in report.pick_examples(preds, {}, 2)] == ["r0", "r1"]
+    assert report.pick_examples(preds, scores, 0) == []
+
+
+def test_text_helpers() -> None:
+    assert report.fence("a ```json b```") == "````\na ```json b```\n````"
+    assert report.format_duration(3725) == "1h 02m 05s" and report.format_duration(None) == "—"
+    assert report.signed(0.25) == "+0.250" and report.signed(None) == "—"
+    clipped = report.clip("x" * 5000)
+    assert len(clipped) < 1000 and "4,100 characters omitted" in clipped
+    assert report.show_examples(ENCRYPTED, {"mostrar_exemplos": None}) is False
+    assert report.show_examples(PLAIN, {"mostrar_exemplos": False}) is False

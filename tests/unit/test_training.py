@@ -1,0 +1,215 @@
+"""Real training runs on CPU with the tiny model: learning, determinism, resume, outputs and bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from afinar import chat
+from afinar.errors import AfinarError
+from afinar.io import read_jsonl
+from afinar.training import TrainPaths, choose_optim, choose_precision, resolve_steps, train
+from safetensors.torch import load_file
+
+SCRIPTS = str(Path(__file__).resolve().parents[2] / "scripts")
+
+BASE_TREINAMENTO = {
+    "backend": "auto",
+    "epochs": 1,
+    "batch_size": 4,
+    "grad_batch_size": 1,
+    "max_seq_length": 256,
+    "learning_rate": 3e-3,
+    "warmup_steps": 1,
+    "eval_steps": "50%",
+    "save_checkpoints": True,
+    "resume_from_checkpoint": True,
+    "nbits": 0,
+    "seed": 11,
+    "train_on_responses_only": True,
+    "paciencia": None,
+    "max_grad_norm": 1.0,
+    "precisao": "auto",
+    "report_to": [],
+    "packing": False,
+    "save_total_limit": 2,
+    "limpar_checkpoints": False,
+    "continuar_de": "",
+    "weight_decay": 0.0,
+    "optim": "auto",
+    "lr_scheduler_type": "linear",
+    "gradient_checkpointing": False,
+    "max_steps": -1,
+    "filtro_tokens": {},
+}
+BASE_LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def experiment(model_dir, **treinamento):
+    tr = copy.deepcopy(BASE_TREINAMENTO)
+    lora = dict(BASE_LORA)
+    lora.update(treinamento.pop("lora", {}))
+    tr.update(treinamento)
+    return {"modelo": {"base": str(model_dir), "saida": ""}, "treinamento": tr, "lora": lora}
+
+
+def paths_for(splits, name) -> TrainPaths:
+    return TrainPaths.for_experiment(splits["treino"].parents[1], name)
+
+
+def split_loss(model, tokenizer, test_parquet) -> float:
+    """Mean loss on the assistant tokens of the test split (what the model is trained to produce)."""
+    import pandas as pd
+
+    markers = chat.derive_markers(tokenizer)
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for msgs in pd.read_parquet(test_parquet)["messages"]:
+            enc = chat.tokenize_conversation(tokenizer, [dict(m) for m in msgs], markers)
+            ids, labels = torch.tensor([enc["input_ids"]]), torch.tensor([enc["labels"]])
+            n = int((labels[:, 1:] != -100).sum())
+            total += model(input_ids=ids, labels=labels).loss.item() * n
+            count += n
+    return total / count
+
+
+def test_training_beats_the_untrained_model_and_writes_every_output(tiny_model_dir, task_splits):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    paths = paths_for(task_splits, "demo")
+    summary = train(experiment(tiny_model_dir, max_steps=14, limpar_checkpoints=True), paths)
+
+    tok = AutoTokenizer.from_pretrained(paths.adapter)
+    before = split_loss(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok, task_splits["teste"])
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), paths.adapter)
+    after = split_loss(tuned, tok, task_splits["teste"])
+    assert after < before - 1.5, (before, after)
+
+    assert (paths.adapter / "adapter_model.safetensors").is_file() and (
+        paths.adapter / "tokenizer.json"
+    ).is_file()
+    assert json.loads((paths.adapter / "adapter_config.json").read_text())["r"] == 8
+    saved = json.loads(paths.metrics_summary.read_text())
+    assert saved == json.loads(json.dumps(summary, default=str))
+    assert saved["global_step"] == 14 and saved["backend"] == "transformers" and saved["precisao"] == "fp32"
+    assert saved["final_eval"]["eval_loss"] > 0  # B11: the final evaluation is saved
+    assert 0.3 < saved["fracao_mascarada"] < 0.95
+    assert saved["ds_train_len"] == 48 and saved["ds_eval_len"] == 8
+    events = [r["event"] for r in read_jsonl(paths.training_metrics)]
+    assert (
+        events[0] == "train_begin" and "train_end" in events and events[-1] == "evaluate"
+    )  # final evaluation
+    assert events.count("evaluate") >= 3
+    assert len([r for r in read_jsonl(paths.metrics_stream) if "loss" in r]) == 14
+    assert {r["fase"] for r in read_jsonl(paths.hardware_metrics)} >= {"train_begin", "eval", "train_end"}
+    assert not paths.checkpoints.exists()  # limpar_checkpoints
+    assert sorted(p.name for p in paths.adapter.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_same_seed_same_adapter_and_continuing_an_adapter(tiny_model_dir, task_splits):
+    exp = experiment(tiny_model_dir, max_steps=3, eval_steps=0, save_checkpoints=False)
+    a, b = paths_for(task_splits, "a"), paths_for(task_splits, "b")
+    train(exp, a)
+    train(exp, b)
+    wa, wb = (
+        load_file(a.adapter / "adapter_model.safetensors"),
+        load_file(b.adapter / "adapter_model.safetensors"),
+    )
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    cont = experiment(
+        tiny_model_dir, max_steps=2, eval_steps=0, save_checkpoints=False, continuar_de=str(a.adapter)
+    )
+    c = paths_for(task_splits, "c")
+    summary = train(cont, c)
+    assert summary["continuar_de"] == str(a.adapter)
+    wc = load_file(c.adapter / "adapter_model.safetensors")
+    assert wc.keys() == wa.keys() and any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_after_interruption_appends_metrics(tiny_model_dir, task_splits, tmp_path):
+    exp = experiment(tiny_model_dir, max_steps=6, eval_steps=2)
+    paths = paths_for(task_splits, "resume")
+    (tmp_path / "exp.json").write_text(json.dumps(exp))
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {SCRIPTS!r})
+        from afinar.callbacks import StopAfterSteps
+        from afinar.training import TrainPaths, train
+        exp = json.load(open({str(tmp_path / "exp.json")!r}))
+        train(exp, TrainPaths.for_experiment({str(task_splits["treino"].parents[1])!r}, "resume"),
+              extra_callbacks=[StopAfterSteps(4)])
+        """
+    )
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert first.returncode != 0 and "KeyboardInterrupt" in first.stderr
+    assert not paths.adapter.exists() and not paths.metrics_summary.exists()
+    assert [c.name for c in sorted(paths.checkpoints.glob("checkpoint-*"))] == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+    # the newest checkpoint was damaged by the kill: resume falls back to the previous one
+    (paths.checkpoints / "checkpoint-4" / "optimizer.pt").unlink()
+
+    summary = train(exp, paths)
+    assert summary["retomado_de"].endswith("checkpoint-2") and summary["global_step"] == 6
+    rows = read_jsonl(paths.training_metrics)
+    begins = [r for r in rows if r["event"] == "train_begin"]
+    assert [(b["resumed"], b["step"]) for b in begins] == [(False, 0), (True, 2)]
+    steps = [r["step"] for r in read_jsonl(paths.metrics_stream) if "loss" in r]
+    assert steps[:4] == [1, 2, 3, 4] and steps[4:] == [3, 4, 5, 6]  # history kept, run continued at step 3
+
+
+def test_full_finetuning_with_packing(tiny_model_dir, task_splits):
+    exp = experiment(
+        tiny_model_dir, max_steps=2, eval_steps=0, save_checkpoints=False, packing=True, lora={"r": 0}
+    )
+    paths = paths_for(task_splits, "full")
+    summary = train(exp, paths)
+    assert (paths.adapter / "model.safetensors").is_file() and not (
+        paths.adapter / "adapter_config.json"
+    ).exists()
+    assert summary["modelo_info"]["percentual"] == 100.0
+
+
+def test_bad_input_fails_before_anything_is_written(tiny_model_dir, task_splits, tmp_path):
+    from conftest import write_split
+
+    paths = paths_for(task_splits, "bad")
+    with pytest.raises(AfinarError, match="4-bit loading needs a CUDA GPU"):
+        train(experiment(tiny_model_dir, nbits=4), paths)
+    with pytest.raises(AfinarError, match="above the limit"):
+        train(experiment(tiny_model_dir, max_seq_length=100000), paths)
+    with pytest.raises(AfinarError, match="not found"):
+        train(experiment(tmp_path / "no-model"), paths)
+    with pytest.raises(AfinarError, match="unsloth cannot be used"):
+        train(experiment(tiny_model_dir, backend="unsloth"), paths)
+    empty = dict(task_splits)
+    write_split(empty["treino"], [])
+    with pytest.raises(AfinarError, match="zero records"):
+        train(experiment(tiny_model_dir), paths)
+    assert not paths.adapter.exists() and not paths.metrics_summary.exists()
+
+
+def test_settings_resolution():
+    assert resolve_steps("25%", 40) == 10 and resolve_steps("1%", 10) == 1 and resolve_steps(7, 40) == 7
+    assert resolve_steps("12.5%", 80) == 10 and resolve_steps("0%", 10) == 0 and resolve_steps("3", 9) == 3
+    with pytest.raises(AfinarError, match="eval_steps"):
+        resolve_steps("abc", 10)
+    with pytest.raises(AfinarError, match="eval_steps"):
+        resolve_steps("150%", 10)
+    assert choose_optim("adamw_8bit", cuda=False) == "adamw_torch"
+    assert choose_optim("auto", cuda=False) == "adamw_torch"
+    assert choose_optim("adafactor", cuda=False) == "adafactor"
+    assert choose_precision("auto", cuda=False) == "fp32"
+    with pytest.raises(AfinarError, match="fp16 needs a CUDA GPU"):
+        choose_precision("fp16", cuda=False)

@@ -1,0 +1,126 @@
+"""The data stages with the real snakemake, in both input modes, plain and encrypted.
+
+The encrypted variant is built here with a key generated for the test (no key is ever committed), and the
+checks make sure neither the key nor any decrypted text reaches a log.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from cryptography.fernet import Fernet
+
+from tests.conftest import offline_env, run_snakemake
+
+pytestmark = pytest.mark.workflow
+SPLIT_TARGETS = [f"results/data/{s}.parquet" for s in ("treino", "validacao", "teste")]
+
+
+def _config(wf: Path) -> dict:
+    return yaml.safe_load((wf / "config" / "config.yaml").read_text())
+
+
+def _write(wf: Path, cfg: dict, name: str = "test.yaml") -> str:
+    (wf / "config" / name).write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False))
+    return f"config/{name}"
+
+
+def _encrypted_variant(wf: Path, key: bytes) -> dict:
+    """Config + parquet whose input texts are Fernet tokens, as the original tool's users had them."""
+    entrada = wf / "resources" / "example" / "entrada"
+    fernet = Fernet(key)
+    rows = [
+        {"id_peca": p.stem, "texto": fernet.encrypt(p.read_text(encoding="utf-8").encode()).decode()}
+        for p in sorted(entrada.glob("*.txt"))
+    ]
+    pd.DataFrame(rows).to_parquet(wf / "textos_cifrados.parquet", index=False)
+    cfg = _config(wf)
+    cfg.setdefault("misc", {})["env_chave_criptografia"] = "AFINAR_TEST_KEY"
+    ent = cfg["pastas"]["entrada"]
+    ent.pop("pasta", None)
+    ent.update(dataframe="textos_cifrados.parquet", dataframe_col="texto", dataframe_id="id_peca")
+    return cfg
+
+
+def test_plain_folders_to_splits(workflow_copy: Path) -> None:
+    proc = run_snakemake(workflow_copy, *SPLIT_TARGETS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = workflow_copy / "results" / "data"
+    summary = json.loads((data / "pareamento.json").read_text())
+    assert summary["n_pares"] >= 300
+    total = sum(len(pd.read_parquet(data / f"{s}.parquet")) for s in ("treino", "validacao", "teste"))
+    assert total == summary["n_pares"] - len(summary.get("invalidos", []))
+
+
+def test_encrypted_dataframe_is_decrypted_and_nothing_leaks(workflow_copy: Path) -> None:
+    key = Fernet.generate_key()
+    cfg_path = _write(workflow_copy, _encrypted_variant(workflow_copy, key))
+    env = offline_env(AFINAR_TEST_KEY=key.decode())
+    proc = run_snakemake(workflow_copy, "--configfile", cfg_path, *SPLIT_TARGETS, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = workflow_copy / "results" / "data"
+    plain = pd.read_parquet(data / "pairs.plain.parquet")
+    assert oct((data / "pairs.plain.parquet").stat().st_mode & 0o777) == "0o600"
+    assert not plain["texto"].str.startswith("gAAAA").any()
+    first_text = plain["texto"].iloc[0]
+    teste = pd.read_parquet(data / "teste.parquet")
+    assert not teste["messages"].iloc[0][0]["content"].startswith("gAAAA")
+    logs = "".join(p.read_text(errors="replace") for p in (workflow_copy / "results" / "logs").rglob("*.log"))
+    for secret in (key.decode(), first_text[:40]):
+        assert secret not in logs and secret not in proc.stdout + proc.stderr
+
+
+def test_missing_key_variable_stops_before_writing_plain_text(workflow_copy: Path) -> None:
+    cfg_path = _write(workflow_copy, _encrypted_variant(workflow_copy, Fernet.generate_key()))
+    env = offline_env()
+    env.pop("AFINAR_TEST_KEY", None)
+    proc = run_snakemake(workflow_copy, "--configfile", cfg_path, *SPLIT_TARGETS, env=env)
+    assert proc.returncode != 0
+    assert "AFINAR_TEST_KEY" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert not (workflow_copy / "results" / "data" / "pairs.plain.parquet").exists()
+
+
+def test_wrong_key_names_the_records(workflow_copy: Path) -> None:
+    cfg_path = _write(workflow_copy, _encrypted_variant(workflow_copy, Fernet.generate_key()))
+    env = offline_env(AFINAR_TEST_KEY=Fernet.generate_key().decode())
+    proc = run_snakemake(workflow_copy, "--configfile", cfg_path, *SPLIT_TARGETS, env=env)
+    assert proc.returncode != 0
+    assert not (workflow_copy / "results" / "data" / "pairs.plain.parquet").exists()
+    log = (workflow_copy / "results" / "logs" / "decrypt.log").read_text()
+    assert "afinar: error:" in log and "Traceback" not in log
+
+
+def test_dataset_mode_to_splits(workflow_copy: Path) -> None:
+    cfg = _config(workflow_copy)
+    cfg["formatos"]["tipo_entrada"] = "dataset"
+    cfg.pop("pastas", None)
+    cfg["dataset"] = {"train_file": "resources/example/dataset/treino.jsonl"}
+    proc = run_snakemake(workflow_copy, "--configfile", _write(workflow_copy, cfg), *SPLIT_TARGETS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    teste = pd.read_parquet(workflow_copy / "results" / "data" / "teste.parquet")
+    assert len(teste) > 0 and teste["messages"].iloc[0][-1]["role"] == "assistant"
+    assert not (workflow_copy / "results" / "data" / "pairs.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c["treinamento"].update(learnig_rate=1e-4), "learning_rate"),
+        (lambda c: c["pastas"]["divisao"].update(proporcao=[0.7, 0.1, 0.1]), "proporcao"),
+        (lambda c: c["pastas"]["predicao"].update(pasta="nao/existe"), "nao/existe"),
+    ],
+)
+def test_bad_config_is_one_line_before_any_job(workflow_copy: Path, edit, expected: str) -> None:
+    cfg = _config(workflow_copy)
+    edit(cfg)
+    proc = run_snakemake(workflow_copy, "-n", "--configfile", _write(workflow_copy, cfg))
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("afinar: error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (workflow_copy / "results").exists()

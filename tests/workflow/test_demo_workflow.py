@@ -1,0 +1,148 @@
+"""The bundled demo, end to end, with the real snakemake: data → train → predict → evaluate → charts → report.
+
+One session-scoped run (a few minutes of CPU) feeds every assertion below, then the incremental-rerun
+tests ask snakemake (dry runs) what it would redo after each kind of change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import copy_workflow, run_snakemake
+from tests.workflow.smk import planned_jobs, reasons
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wf = copy_workflow(tmp_path_factory.mktemp("demo") / "wf")
+    proc = run_snakemake(wf)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return wf
+
+
+def _exp(wf: Path) -> str:
+    return "demo"
+
+
+def test_splits_are_disjoint_and_private(demo: Path) -> None:
+    data = demo / "results" / "data"
+    ids = {}
+    for split in ("treino", "validacao", "teste"):
+        path = data / f"{split}.parquet"
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        frame = pd.read_parquet(path)
+        ids[split] = set(frame["id"])
+        roles = [m["role"] for m in frame["messages"].iloc[0]]
+        assert roles == ["user", "assistant"]
+    assert not ids["treino"] & ids["teste"] and not ids["treino"] & ids["validacao"]
+    assert all(isinstance(i, str) for i in ids["teste"])
+    assert "001" in set().union(*ids.values())  # zero-padded ids stay strings
+
+
+def test_training_wrote_adapter_and_metrics(demo: Path) -> None:
+    exp = demo / "results" / _exp(demo)
+    assert (exp / "adapter" / "adapter_config.json").exists()
+    assert (exp / "adapter" / "adapter_model.safetensors").exists()
+    rows = [json.loads(x) for x in (exp / "treinamento" / "training_metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows if r.get("event") == "log" and "train_loss" in r]
+    assert len(losses) >= 5 and losses[-1] < losses[0]
+    assert (exp / "treinamento" / "hardware_metrics.jsonl").stat().st_size > 0
+    summary = json.loads((exp / "metrics_summary.json").read_text())
+    assert any(k.startswith("eval_") for k in summary), "final evaluation must be saved (seed bug B11)"
+
+
+def test_predictions_and_metrics(demo: Path) -> None:
+    exp = demo / "results" / _exp(demo)
+    preds = [json.loads(x) for x in (exp / "predicoes" / "teste.jsonl").read_text().splitlines()]
+    n_test = len(pd.read_parquet(demo / "results" / "data" / "teste.parquet"))
+    assert len(preds) == n_test
+    assert {"id", "prompt", "esperado", "gerado", "tokens_prompt", "tokens_saida", "segundos"} <= set(preds[0])
+    metrics = json.loads((exp / "avaliacao" / "metricas.json").read_text())
+    assert 0.0 <= metrics["modelo"]["rouge_l_f1"] <= 1.0
+
+
+def test_report_and_charts(demo: Path) -> None:
+    exp = demo / "results" / _exp(demo)
+    charts = sorted(p.name for p in (exp / "treinamento").glob("grafico_*.png"))
+    assert "grafico_loss.png" in charts
+    report = (exp / "relatorio.md").read_text()
+    for chart in charts:
+        assert chart in report
+
+
+def test_snakemake_report_html(demo: Path) -> None:
+    proc = run_snakemake(demo, "--report", "results/report.html")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (demo / "results" / "report.html").read_text(errors="replace")
+    assert "grafico_loss.png" in html
+
+
+def test_nothing_to_do_after_a_complete_run(demo: Path) -> None:
+    proc = run_snakemake(demo, "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout + proc.stderr) == {}
+
+
+def _edited_config(demo: Path, name: str, edit) -> str:
+    cfg = yaml.safe_load((demo / "config" / "config.yaml").read_text())
+    edit(cfg)
+    path = demo / "config" / name
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False))
+    return str(path.relative_to(demo))
+
+
+def test_rerun_after_lora_change_skips_data_stages(demo: Path) -> None:
+    cfg = _edited_config(demo, "lora.yaml", lambda c: c.setdefault("lora", {}).update(r=4))
+    proc = run_snakemake(demo, "-n", "--configfile", cfg)
+    out = proc.stdout + proc.stderr
+    jobs = planned_jobs(out)
+    assert jobs.get("train") == 1 and "predict" in jobs and "report" in jobs, out[-3000:]
+    assert not {"pair", "decrypt", "split", "demo_model"} & set(jobs)
+    assert "params have changed" in reasons(out)
+
+
+def test_rerun_after_raw_file_edit_starts_at_pair(demo: Path) -> None:
+    raw = sorted((demo / "resources" / "example" / "saidas").glob("*.txt"))[0]
+    stat = raw.stat()
+    try:
+        os.utime(raw, (time.time() + 5, time.time() + 5))
+        proc = run_snakemake(demo, "-n")
+        jobs = planned_jobs(proc.stdout + proc.stderr)
+        assert {"pair", "split", "train"} <= set(jobs), proc.stdout[-3000:]
+    finally:
+        os.utime(raw, (stat.st_atime, stat.st_mtime))
+
+
+def test_rerun_after_new_experiment_runs_only_it_and_the_comparison(demo: Path) -> None:
+    def add_experiment(c: dict) -> None:
+        c["experimentos"] = {"demo": {}, "demo_r4": {"lora": {"r": 4}}}
+
+    cfg = _edited_config(demo, "sweep.yaml", add_experiment)
+    proc = run_snakemake(demo, "-n", "--configfile", cfg)
+    out = proc.stdout + proc.stderr
+    jobs = planned_jobs(out)
+    assert jobs.get("train") == 1 and jobs.get("compare") == 1, out[-3000:]
+    assert not {"pair", "decrypt", "split"} & set(jobs)
+
+
+def test_rerun_after_report_template_change_runs_only_the_report(demo: Path) -> None:
+    template = demo / "scripts" / "afinar" / "templates" / "relatorio.md.j2"
+    backup = template.read_bytes()
+    try:
+        template.write_text(template.read_text() + "\n<!-- edited -->\n")
+        proc = run_snakemake(demo, "-n")
+        jobs = planned_jobs(proc.stdout + proc.stderr)
+        assert set(jobs) - {"all"} == {"report"}, proc.stdout[-3000:]
+    finally:
+        template.write_bytes(backup)
+        shutil.copystat(demo / "scripts" / "afinar" / "__init__.py", template)

@@ -1,0 +1,168 @@
+"""The workflow on a real SLURM cluster (tests/slurm/start-local-slurm.sh), and the SLURM profile's dry run.
+
+The cluster tests are opt-in (marker `slurm`, run when AFINAR_SLURM_TESTS=1, which .ci/run sets): they
+install and start Debian's SLURM on this machine. When the cluster cannot be provided (not root, packages
+not installable) they are SKIPPED with the reason, never passed. Every snakemake call is guarded by
+`timeout -s KILL`, because a snakemake whose SLURM status checks never see a job end ignores SIGTERM.
+
+The dry-run tests need no cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, REPO, copy_workflow, offline_env
+
+pytestmark = pytest.mark.workflow
+
+SLURM_DIR = REPO / "tests" / "slurm"
+TEST_PROFILE = SLURM_DIR / "profile"
+STATE_DIR = Path(os.environ.get("AFINAR_SLURM_DIR", "/tmp/afinar-slurm"))
+KILL_AFTER_S = 900
+
+
+def snakemake(workdir: Path, *args: str, timeout_s: int = KILL_AFTER_S) -> subprocess.CompletedProcess:
+    """Real snakemake in ``workdir``, killed (SIGKILL) after ``timeout_s``; stdout and stderr merged."""
+    cmd = ["timeout", "-s", "KILL", str(timeout_s), str(BIN / "snakemake"), *args]
+    return subprocess.run(
+        cmd, cwd=workdir, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def smoke_config(wf: Path, **treinamento) -> str:
+    """The demo config with a training of a few steps: the test is about SLURM, not about learning."""
+    cfg = yaml.safe_load((wf / "config" / "config.yaml").read_text())
+    cfg["treinamento"].update({"max_steps": 3, "epochs": 1, **treinamento})
+    path = wf / "config" / "slurm-smoke.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path.relative_to(wf))
+
+
+# ------------------------------------------------------------------------------------- dry runs
+
+
+def filled_slurm_profile(dest: Path) -> Path:
+    """profiles/slurm with its placeholders replaced, as a user would edit it."""
+    text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    text = text.replace("<YOUR_GPU_PARTITION>", "gpu").replace("<YOUR_PARTITION>", "cpu")
+    text = text.replace("<YOUR_ACCOUNT>", "myproject")
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(text)
+    return dest
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    """The shipped profile plans the whole demo (no cluster needed); conda is swapped out since this
+    machine has none (--sdm conda would call `conda info` even in a dry run)."""
+    wf = copy_workflow(tmp_path / "wf")
+    profile = filled_slurm_profile(tmp_path / "profile")
+    proc = snakemake(wf, "-n", "--profile", str(profile), "--sdm", "env-modules", timeout_s=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    out = proc.stdout
+    train = re.search(r"^rule train:\n(.*?)\n\n", out, re.M | re.S)
+    assert train, out[-3000:]
+    resources = re.search(r"resources: (.*)", train.group(1)).group(1)
+    for expected in ("gpu=1", "cpus_per_gpu=8", "mem_mb=64000", "runtime=720", "slurm_partition=gpu"):
+        assert expected in resources, resources
+    pair = re.search(r"^rule pair:\n(.*?)\n\n", out, re.M | re.S).group(1)
+    assert "slurm_partition=cpu" in pair and "slurm_account=myproject" in pair
+
+
+def test_unedited_slurm_profile_is_refused_clearly(tmp_path):
+    """Bad input: the profile's placeholders left as shipped → one clear line, before any job."""
+    wf = copy_workflow(tmp_path / "wf")
+    proc = snakemake(
+        wf, "-n", "--profile", str(REPO / "profiles" / "slurm"), "--sdm", "env-modules", timeout_s=300
+    )
+    assert proc.returncode != 0
+    assert "placeholder(s) not replaced" in proc.stdout, proc.stdout[-3000:]
+    assert "slurm_partition=<YOUR_PARTITION>" in proc.stdout
+    assert "train: slurm_partition=<YOUR_GPU_PARTITION>" in proc.stdout
+    assert "Job stats" not in proc.stdout
+
+
+# ------------------------------------------------------------------------------- a real cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A running one-node SLURM cluster; skipped (with the reason) when this machine cannot have one."""
+    if os.environ.get("AFINAR_SLURM_TESTS") != "1":
+        pytest.skip("SLURM tests are opt-in: set AFINAR_SLURM_TESTS=1 (root and Debian's apt needed)")
+    if shutil.which("timeout") is None:
+        pytest.skip("coreutils' timeout is needed to guard snakemake against a hang")
+    was_running = (STATE_DIR / "run" / "slurmctld.pid").exists()
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "start-local-slurm.sh")], capture_output=True, text=True, timeout=900
+    )
+    if proc.returncode == 3:
+        pytest.skip(f"no SLURM test cluster here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, f"start-local-slurm.sh failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    yield STATE_DIR
+    if not was_running:
+        subprocess.run(["bash", str(SLURM_DIR / "stop-local-slurm.sh")], capture_output=True, timeout=120)
+
+
+def squeue_record(job_id: str) -> tuple[str, str, str]:
+    """(state, TRES requested per job, partition) of a job; finished jobs stay listed for MinJobAge (5 min).
+
+    `--gpus=1` is recorded as TRES per job (`gres:gpu:1`), not in the per-node GRES column.
+    """
+    done = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", job_id, "-O", "State:|,tres-per-job:|,Partition:|"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    state, tres, partition = (done.stdout.strip().split("|") + ["", "", ""])[:3]
+    return state.strip(), tres.strip(), partition.strip()
+
+
+@pytest.mark.slurm
+def test_demo_trains_through_slurm_with_a_gpu_request(cluster, tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = smoke_config(wf)
+    proc = snakemake(wf, "--profile", str(TEST_PROFILE), "--until", "train", "--configfile", cfg)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:]
+    assert (wf / "results" / "demo" / "adapter" / "adapter_config.json").is_file()
+
+    # every job, data stages included, went through sbatch
+    submitted = dict(re.findall(r"SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+?)/", out))
+    assert {"pair", "decrypt", "split", "train"} <= set(submitted.values()), out[-4000:]
+    train_id = next(job for job, rule in submitted.items() if rule == "train")
+
+    # SLURM itself recorded a GPU request for the train job, on our partition, and that it completed
+    state, tres, partition = squeue_record(train_id)
+    assert state == "COMPLETED" and tres.endswith("gpu:1") and partition == "afinar", (state, tres, partition)
+    assert "gpu" not in squeue_record(next(j for j, r in submitted.items() if r == "pair"))[1]
+
+    # inside the job, SLURM exposed the (fake) GPU: the training chose GPU 0 from CUDA_VISIBLE_DEVICES
+    slurm_log = wf / ".snakemake" / "slurm_logs" / "rule_train" / "demo" / f"{train_id}.log"
+    assert slurm_log.is_file()
+    train_log = (wf / "results" / "logs" / "train" / "demo.log").read_text()
+    assert re.search(r"using GPU 0\b", train_log), train_log[-2000:]
+
+
+@pytest.mark.slurm
+def test_failed_slurm_job_shows_its_log_paths(cluster, tmp_path):
+    """Bad input: a job that fails inside SLURM → snakemake's error names the rule's log and the SLURM log."""
+    wf = copy_workflow(tmp_path / "wf")
+    answers = sorted((wf / "resources" / "example" / "saidas").glob("*.txt"))
+    answers[0].write_text("this is not JSON {")
+    proc = snakemake(wf, "--profile", str(TEST_PROFILE), "--until", "pair", timeout_s=300)
+    out = proc.stdout
+    assert proc.returncode != 0
+    assert "Error in rule pair" in out, out[-4000:]
+    assert "results/logs/pair.log" in out, out[-4000:]
+    slurm_logs = re.findall(r"\S*slurm_logs/rule_pair/\d+\.log", out)
+    assert slurm_logs and Path(slurm_logs[0]).is_file(), out[-4000:]
+    assert answers[0].name.removesuffix(".txt") in (wf / "results" / "logs" / "pair.log").read_text()
