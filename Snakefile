@@ -15,6 +15,13 @@ if not workflow.overwrite_configfiles:
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    exp="|".join(re.escape(name) for name in EXPS),
+    split="|".join(SPLITS),
+
+
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
@@ -22,11 +29,24 @@ include: "rules/report.smk"
 include: "rules/export.smk"
 
 
+# Cheap rules run on the submitting machine, never as cluster jobs.
 localrules:
     all,
+    evaluate,
+    charts,
+    report,
+    compare,
 
 
 rule all:
+    default_target: True
     input:
         all_targets,
-    default_target: True
+
+
+# A SLURM run checks its partitions exist before submitting anything.
+onstart:
+    try:
+        check_slurm_partitions(workflow)
+    except AfinarError as exc:
+        fail(str(exc))

@@ -8,6 +8,10 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from afinar.config import check_paths, experiments, load_config  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
+from afinar.profile_check import (  # noqa: E402
+    check_slurm_partitions,
+    check_workflow_placeholders,
+)
 
 
 def _load():
@@ -22,16 +26,20 @@ def _load():
     return cfg
 
 
+def _check_profile():
+    """An unedited cluster profile (<YOUR_PARTITION> ...) is one clear line, not a cryptic sbatch failure."""
+    try:
+        check_workflow_placeholders(workflow)
+    except AfinarError as exc:
+        fail(str(exc))
+
+
 CFG = _load()
+_check_profile()
 EXPS = experiments(CFG)
 DATA = "results/data"
 SPLITS = ["treino", "validacao", "teste"]
 DATASET_MODE = CFG["formatos"]["tipo_entrada"] == "dataset"
-
-
-wildcard_constraints:
-    exp="|".join(re.escape(name) for name in EXPS),
-    split="|".join(SPLITS),
 
 
 def exp_params(wildcards, section):
@@ -60,10 +68,184 @@ def exp_targets(exp):
 
 
 def all_targets(wildcards):
-    """`rule all`: every experiment's report, the comparison when there are several, optional exports."""
+    """The default target: every experiment's report, the comparison when there are several, exports."""
     targets = [t for exp in EXPS for t in exp_targets(exp)]
     if len(EXPS) > 1:
         targets += ["results/comparacao.md", "results/comparacao.png"]
     for exp in EXPS:
         targets += export_targets(exp)
     return targets
+
+
+# --- helpers of rules/train.smk ------------------------------------------------------------
+DEMO_MODEL = "results/demo/modelo-base"
+GPU_BACKENDS = ("auto", "unsloth")
+
+
+def demo_corpus(wildcards):
+    """Every text file of the bundled example: the tokenizer of the tiny model is trained on them."""
+    return sorted(str(p) for p in Path("resources/example").rglob("*.txt"))
+
+
+def train_inputs(wildcards):
+    """The splits, plus the base model folder when this workflow builds it (the demo model)."""
+    inputs = {
+        "treino": f"{DATA}/treino.parquet",
+        "validacao": f"{DATA}/validacao.parquet",
+    }
+    base = EXPS[wildcards.exp]["modelo"]["base"]
+    if base.rstrip("/") == DEMO_MODEL:
+        inputs["base"] = DEMO_MODEL
+    return inputs
+
+
+def train_gpus(wildcards):
+    """One GPU slot for the Unsloth/auto backends; none for `backend: transformers`, the CPU path."""
+    return 1 if EXPS[wildcards.exp]["treinamento"]["backend"] in GPU_BACKENDS else 0
+
+
+def train_env(wildcards):
+    """Unsloth's env (TRL 1.15, CUDA) for the GPU backends; the CPU env (TRL 1.16) for transformers."""
+    if EXPS[wildcards.exp]["treinamento"]["backend"] in GPU_BACKENDS:
+        return "../envs/train.yaml"
+    return "../envs/train-cpu.yaml"
+
+
+def train_mem_mb(wildcards):
+    """Host memory to reserve: small for the demo model, generous for real models (override in a profile)."""
+    return (
+        4000 if EXPS[wildcards.exp]["modelo"]["base"].startswith("results/") else 32000
+    )
+
+
+def train_runtime(wildcards):
+    """Minutes (SLURM time limit); a killed job resumes from its checkpoints on the next run."""
+    return (
+        30 if EXPS[wildcards.exp]["modelo"]["base"].startswith("results/") else 24 * 60
+    )
+
+
+# --- helpers of rules/predict.smk ------------------------------------------------------------
+
+
+def predict_inputs(wildcards):
+    """The test split and the trained adapter, plus the base model folder when this workflow builds it."""
+    inputs = {
+        "teste": f"{DATA}/teste.parquet",
+        "adapter": f"results/{wildcards.exp}/adapter",
+    }
+    inputs.update(zip(["base"], base_model_input(wildcards)))
+    return inputs
+
+
+def predict_base_inputs(wildcards):
+    """The test split, plus the base model folder when this workflow builds it (no adapter)."""
+    inputs = {"teste": f"{DATA}/teste.parquet"}
+    inputs.update(zip(["base"], base_model_input(wildcards)))
+    return inputs
+
+
+def predict_settings(wildcards):
+    """The experiment's `predicao` section minus `comparar_base` (which only decides if predict_base runs)."""
+    section = exp_params(wildcards, "predicao")
+    return {k: v for k, v in section.items() if k != "comparar_base"}
+
+
+def predict_model(wildcards):
+    """Only the base model's name: `modelo.saida` (the experiment's name) does not change predictions."""
+    return {"base": exp_params(wildcards, "modelo")["base"]}
+
+
+def predict_training(wildcards):
+    """The training keys that shape inference: backend, quantization, context length, seed (for sampling)."""
+    section = exp_params(wildcards, "treinamento")
+    return {k: section[k] for k in ("backend", "nbits", "max_seq_length", "seed")}
+
+
+def evaluate_inputs(wildcards):
+    """The fine-tuned predictions, plus the base model's when `predicao.comparar_base` asks for them."""
+    inputs = {"predicoes": f"results/{wildcards.exp}/predicoes/teste.jsonl"}
+    if exp_params(wildcards, "predicao")["comparar_base"]:
+        inputs["base"] = f"results/{wildcards.exp}/predicoes/teste_base.jsonl"
+    return inputs
+
+
+# --- helpers of rules/report.smk ------------------------------------------------------------
+
+
+def exp_value(section, key):
+    """A params function returning one key of an experiment's config section (reruns only when it changes)."""
+
+    def _value(wildcards):
+        return EXPS[wildcards.exp][section][key]
+
+    return _value
+
+
+def exp_config(wildcards):
+    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it."""
+    return EXPS[wildcards.exp]
+
+
+def data_config(wildcards):
+    """The data sections that produced the splits (the report shows them next to the experiment's)."""
+    section = "dataset" if DATASET_MODE else "pastas"
+    return {"formatos": CFG["formatos"], section: CFG[section]}
+
+
+def report_data_inputs(wildcards):
+    """Split summary always; the pairing summary only in folder mode (dataset mode has no pairing step)."""
+    inputs = {"divisao": f"{DATA}/divisao.json"}
+    if not DATASET_MODE:
+        inputs["pareamento"] = f"{DATA}/pareamento.json"
+    return inputs
+
+
+def compare_inputs(wildcards):
+    """Per experiment, in EXPS order: metrics, training summary, hardware and training logs."""
+    return {
+        "metricas": [f"results/{exp}/avaliacao/metricas.json" for exp in EXPS],
+        "summary": [f"results/{exp}/metrics_summary.json" for exp in EXPS],
+        "hardware": [
+            f"results/{exp}/treinamento/hardware_metrics.jsonl" for exp in EXPS
+        ],
+        "training": [
+            f"results/{exp}/treinamento/training_metrics.jsonl" for exp in EXPS
+        ],
+    }
+
+
+def compare_configs(wildcards):
+    """Every experiment's merged config (the comparison table names the setup of each)."""
+    return EXPS
+
+
+# --- helpers of rules/export.smk ------------------------------------------------------------
+from afinar.export import export_targets as _export_targets  # noqa: E402
+
+EXPORTACAO = CFG["exportacao"]
+
+
+def export_targets(exp):
+    """The export outputs of experiment `exp` that `exportacao` asks for (used by `rule all`)."""
+    return _export_targets(EXPORTACAO, exp)
+
+
+def export_base(wildcards):
+    """The experiment's base model: the merge reloads it in 16-bit."""
+    return EXPS[wildcards.exp]["modelo"]["base"]
+
+
+def export_precisao(wildcards):
+    """Training precision decides the merged dtype (fp16 stays fp16, everything else bf16)."""
+    return EXPS[wildcards.exp]["treinamento"]["precisao"]
+
+
+def export_nbits(wildcards):
+    """Quantisation used in training (recorded; the merge is always onto the dequantised 16-bit base)."""
+    return EXPS[wildcards.exp]["treinamento"]["nbits"]
+
+
+def export_gguf_tipo(wildcards):
+    """The GGUF type named in the output file."""
+    return wildcards.gguf_tipo.lower()

@@ -3,53 +3,6 @@
 # one category per experiment (subcategories Training / Data / Evaluation / Report), one for the comparison.
 
 
-def exp_value(section, key):
-    """A params function returning one key of an experiment's config section (reruns only when it changes)."""
-
-    def _value(wildcards):
-        return EXPS[wildcards.exp][section][key]
-
-    return _value
-
-
-def exp_config(wildcards):
-    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it."""
-    return EXPS[wildcards.exp]
-
-
-def data_config(wildcards):
-    """The data sections that produced the splits (the report shows them next to the experiment's)."""
-    section = "dataset" if DATASET_MODE else "pastas"
-    return {"formatos": CFG["formatos"], section: CFG[section]}
-
-
-def report_data_inputs(wildcards):
-    """Split summary always; the pairing summary only in folder mode (dataset mode has no pairing step)."""
-    inputs = {"divisao": f"{DATA}/divisao.json"}
-    if not DATASET_MODE:
-        inputs["pareamento"] = f"{DATA}/pareamento.json"
-    return inputs
-
-
-def compare_inputs(wildcards):
-    """Per experiment, in EXPS order: metrics, training summary, hardware and training logs."""
-    return {
-        "metricas": [f"results/{exp}/avaliacao/metricas.json" for exp in EXPS],
-        "summary": [f"results/{exp}/metrics_summary.json" for exp in EXPS],
-        "hardware": [
-            f"results/{exp}/treinamento/hardware_metrics.jsonl" for exp in EXPS
-        ],
-        "training": [
-            f"results/{exp}/treinamento/training_metrics.jsonl" for exp in EXPS
-        ],
-    }
-
-
-def compare_configs(wildcards):
-    """Every experiment's merged config (the comparison table names the setup of each)."""
-    return EXPS
-
-
 rule charts:
     input:
         training="results/{exp}/treinamento/training_metrics.jsonl",

@@ -53,7 +53,9 @@ def run_snakemake(
     )
 
 
-def run_afinar(workdir: Path, *args: str, timeout: int = 600, input: str | None = None) -> subprocess.CompletedProcess:
+def run_afinar(
+    workdir: Path, *args: str, timeout: int = 600, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m afinar`` in ``workdir``."""
     return subprocess.run(
         [sys.executable, "-m", "afinar", *args],

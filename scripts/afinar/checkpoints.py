@@ -87,26 +87,39 @@ def run_fingerprint(settings: dict[str, Any], files: list[str | Path]) -> str:
 def prepare_folder(folder: str | Path, fingerprint: str, resume: bool) -> Path | None:
     """Return the checkpoint to resume from, or None after clearing checkpoints that no longer apply.
 
-    Checkpoints made with other settings or data (the fingerprint differs) or when resuming is off are
-    removed, so that a fresh run never mixes with an old one; live metric files go with them.
+    Checkpoints made with other settings or data (the fingerprint differs), of a run that finished, or
+    when resuming is off are removed, so that a fresh run never mixes with an old one; live metric files
+    go with them.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / FINGERPRINT_FILE
-    previous = None
+    previous, finished = None, False
     if marker.is_file():
         try:
-            previous = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+            data = json.loads(marker.read_text(encoding="utf-8"))
+            previous, finished = data.get("fingerprint"), bool(data.get("concluido"))
         except (OSError, json.JSONDecodeError):
             previous = None
-    ckpt = latest_complete(folder) if resume and previous == fingerprint else None
+    ckpt = latest_complete(folder) if resume and previous == fingerprint and not finished else None
     if ckpt is None:
         if list_checkpoints(folder) and previous != fingerprint:
             log.info("config or data changed since the checkpoints in %s were made: starting over", folder)
+        elif finished:
+            log.info("the checkpoints in %s belong to a finished run: training again from the start", folder)
         clear(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(marker, {"fingerprint": fingerprint})
     return ckpt
+
+
+def mark_finished(folder: str | Path) -> None:
+    """Record that the run finished: a later run (forced, or after deleting outputs) starts over
+    instead of "resuming" a completed training."""
+    marker = Path(folder) / FINGERPRINT_FILE
+    if marker.is_file():
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        atomic_write_json(marker, {**data, "concluido": True})
 
 
 def clear(folder: str | Path) -> None:

@@ -189,7 +189,9 @@ class LlamaSpec:
     initializer_range: float = 0.02
 
 
-def build_llama_model(out_dir: str | Path, texts: list[str], spec: LlamaSpec | None = None, seed: int = 0) -> Path:
+def build_llama_model(
+    out_dir: str | Path, texts: list[str], spec: LlamaSpec | None = None, seed: int = 0
+) -> Path:
     """A random Llama-shaped model (bf16 safetensors) with the ChatML tokenizer trained on ``texts``.
 
     The embedding matrix has ``spec.vocab_size`` rows (a realistic LM-head cost) even though the
@@ -229,5 +231,7 @@ def build_llama_model(out_dir: str | Path, texts: list[str], spec: LlamaSpec | N
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("llama model: %s parameters, saved to %s", f"{sum(p.numel() for p in model.parameters()):,}", out)
+    log.info(
+        "llama model: %s parameters, saved to %s", f"{sum(p.numel() for p in model.parameters()):,}", out
+    )
     return out

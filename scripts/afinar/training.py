@@ -348,8 +348,7 @@ def load_unsloth(
         load_in_4bit=nbits == 4,
         load_in_8bit=nbits == 8,
         full_finetuning=full,
-        local_files_only=models.is_offline(),
-    )
+    )  # offline: resolve_model_source already turned a hub id into its local snapshot folder
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # multimodal processors wrap the text tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -606,6 +605,7 @@ def train(
     }
     publish_metrics(paths)
     atomic_write_json(paths.metrics_summary, summary)
+    checkpoints.mark_finished(paths.checkpoints)
     if tr.get("limpar_checkpoints", False):
         checkpoints.clear(paths.checkpoints)
         log.info("limpar_checkpoints: removed %s", paths.checkpoints)

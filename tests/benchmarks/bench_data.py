@@ -55,6 +55,7 @@ def config(root: Path) -> dict:
 def generate(root: Path, n: int, key: str) -> None:
     """Write the encrypted dataframe, the answer files and a prompt template under ``root``."""
     import pandas as pd
+
     from afinar.crypto import encrypt_texts
 
     rng = random.Random(1)

@@ -55,8 +55,9 @@ def bandwidth_for(name: str, override_tbs: float | None) -> float | None:
 def build(hidden: int, layers: int, seed: int):
     """Tokenizer (ChatML, trained on a synthetic corpus) and a random bf16 Llama model on the GPU."""
     import torch
-    from afinar.demo_model import IM_END, train_tokenizer
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from afinar.demo_model import IM_END, train_tokenizer
 
     rng = random.Random(seed)
     corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))) for _ in range(3000)]
@@ -120,6 +121,7 @@ def naive_loop(model, tokenizer, records, max_new_tokens: int) -> tuple[int, int
 def predict_path(model, tokenizer, records, batch_size: int, max_new_tokens: int) -> tuple[int, int, float]:
     """Afinar's ``generate_predictions``: (output tokens, decoding steps, seconds)."""
     import torch
+
     from afinar.generation import (
         GenerationSettings,
         encode_prompts,

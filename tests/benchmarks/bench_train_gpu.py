@@ -31,11 +31,45 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 WORDS = [
-    "processo", "autor", "réu", "contrato", "valor", "cidade", "data", "sentença", "recurso", "pedido",
-    "documento", "cláusula", "pagamento", "prazo", "multa", "juiz", "tribunal", "decisão", "parte", "prova",
-    "laudo", "exame", "paciente", "médico", "hospital", "diagnóstico", "tratamento", "receita", "alta", "consulta",
+    "processo",
+    "autor",
+    "réu",
+    "contrato",
+    "valor",
+    "cidade",
+    "data",
+    "sentença",
+    "recurso",
+    "pedido",
+    "documento",
+    "cláusula",
+    "pagamento",
+    "prazo",
+    "multa",
+    "juiz",
+    "tribunal",
+    "decisão",
+    "parte",
+    "prova",
+    "laudo",
+    "exame",
+    "paciente",
+    "médico",
+    "hospital",
+    "diagnóstico",
+    "tratamento",
+    "receita",
+    "alta",
+    "consulta",
 ]
-ALL_VARIANTS = ["baseline-bf16", "ours-bf16", "baseline-4bit", "ours-4bit", "ours-bf16-packing", "ours-bf16-bs16"]
+ALL_VARIANTS = [
+    "baseline-bf16",
+    "ours-bf16",
+    "baseline-4bit",
+    "ours-4bit",
+    "ours-bf16-packing",
+    "ours-bf16-bs16",
+]
 
 
 def log(msg: str) -> None:
@@ -108,8 +142,12 @@ def timing_callback(warmup: int):
             if len(pts) < 2:
                 return {"error": f"too few logged steps after warm-up ({len(self.points)})"}
             (s0, t0, n0), (s1, t1, n1) = pts[0], pts[-1]
-            return {"steps_measured": s1 - s0, "seconds": round(t1 - t0, 2), "real_tokens": int(n1 - n0),
-                    "tokens_per_s": round((n1 - n0) / (t1 - t0), 1)}
+            return {
+                "steps_measured": s1 - s0,
+                "seconds": round(t1 - t0, 2),
+                "real_tokens": int(n1 - n0),
+                "tokens_per_s": round((n1 - n0) / (t1 - t0), 1),
+            }
 
     return Timing()
 
@@ -133,21 +171,52 @@ def run_ours(prep: dict, variant: str, steps: int, batch: int, warmup: int) -> d
         if not target.exists():
             os.symlink(Path(prep["data"]) / f"{name}.parquet", target)
     tr = {
-        "backend": "unsloth", "epochs": 1, "batch_size": batch, "grad_batch_size": 1, "max_seq_length": 1024,
-        "learning_rate": 2e-4, "warmup_steps": 5, "eval_steps": 0, "save_checkpoints": False,
-        "resume_from_checkpoint": False, "nbits": 4 if "4bit" in variant else 0, "seed": 3407,
-        "train_on_responses_only": True, "paciencia": None, "max_grad_norm": 1.0, "precisao": "bf16",
-        "report_to": [], "packing": "packing" in variant, "save_total_limit": 1, "limpar_checkpoints": True,
-        "continuar_de": "", "weight_decay": 0.0, "optim": "adamw_8bit", "lr_scheduler_type": "linear",
-        "gradient_checkpointing": True, "max_steps": steps, "filtro_tokens": {},
+        "backend": "unsloth",
+        "epochs": 1,
+        "batch_size": batch,
+        "grad_batch_size": 1,
+        "max_seq_length": 1024,
+        "learning_rate": 2e-4,
+        "warmup_steps": 5,
+        "eval_steps": 0,
+        "save_checkpoints": False,
+        "resume_from_checkpoint": False,
+        "nbits": 4 if "4bit" in variant else 0,
+        "seed": 3407,
+        "train_on_responses_only": True,
+        "paciencia": None,
+        "max_grad_norm": 1.0,
+        "precisao": "bf16",
+        "report_to": [],
+        "packing": "packing" in variant,
+        "save_total_limit": 1,
+        "limpar_checkpoints": True,
+        "continuar_de": "",
+        "weight_decay": 0.0,
+        "optim": "adamw_8bit",
+        "lr_scheduler_type": "linear",
+        "gradient_checkpointing": True,
+        "max_steps": steps,
+        "filtro_tokens": {},
         "agrupar_por_tamanho": "packing" not in variant,
     }
-    lora = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                      "gate_proj", "up_proj", "down_proj"]}
+    lora = {
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    }
     timing = timing_callback(warmup)
-    summary = train({"modelo": {"base": prep["model"], "saida": ""}, "treinamento": tr, "lora": lora}, paths,
-                    extra_callbacks=[timing])
-    return {**timing.result(), "params": summary["modelo_info"]["total"], "masked": summary["fracao_mascarada"]}
+    summary = train(
+        {"modelo": {"base": prep["model"], "saida": ""}, "treinamento": tr, "lora": lora},
+        paths,
+        extra_callbacks=[timing],
+    )
+    return {
+        **timing.result(),
+        "params": summary["modelo_info"]["total"],
+        "masked": summary["fracao_mascarada"],
+    }
 
 
 def run_baseline(prep: dict, variant: str, steps: int, batch: int, warmup: int) -> dict:
@@ -162,22 +231,46 @@ def run_baseline(prep: dict, variant: str, steps: int, batch: int, warmup: int) 
     tok = AutoTokenizer.from_pretrained(prep["model"])
     quant = None
     if "4bit" in variant:
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(prep["model"], dtype=torch.bfloat16, quantization_config=quant,
-                                                 device_map={"": 0})
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        prep["model"], dtype=torch.bfloat16, quantization_config=quant, device_map={"": 0}
+    )
     if quant is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     n_params = sum(p.numel() for p in model.parameters())
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                             "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     frame = pd.read_parquet(Path(prep["data"]) / "treino.parquet")
     ds = Dataset.from_dict({"messages": [[dict(m) for m in msgs] for msgs in frame["messages"]]})
-    args = SFTConfig(output_dir=str(Path(prep["data"]).parent / f"run-{variant}"), per_device_train_batch_size=batch,
-                     max_steps=steps, learning_rate=2e-4, warmup_steps=5, logging_steps=1, bf16=True,
-                     gradient_checkpointing=True, max_length=1024, assistant_only_loss=True, optim="adamw_8bit",
-                     save_strategy="no", report_to="none", seed=3407)
+    args = SFTConfig(
+        output_dir=str(Path(prep["data"]).parent / f"run-{variant}"),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=2e-4,
+        warmup_steps=5,
+        logging_steps=1,
+        bf16=True,
+        gradient_checkpointing=True,
+        max_length=1024,
+        assistant_only_loss=True,
+        optim="adamw_8bit",
+        save_strategy="no",
+        report_to="none",
+        seed=3407,
+    )
     timing = timing_callback(warmup)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timing])
     trainer.train()
@@ -196,8 +289,9 @@ def child(args) -> None:
     result["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1024**3, 2)
     result["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
     if result.get("peak_bf16_tflops") and result.get("tokens_per_s"):
-        result["mfu_%"] = round(100 * 6 * result["params"] * result["tokens_per_s"]
-                                / (result["peak_bf16_tflops"] * 1e12), 2)
+        result["mfu_%"] = round(
+            100 * 6 * result["params"] * result["tokens_per_s"] / (result["peak_bf16_tflops"] * 1e12), 2
+        )
     result.update({"variant": args.child, "batch": batch})
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -224,8 +318,20 @@ def main() -> None:
     results = []
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         log(f"running {variant}")
-        cmd = [sys.executable, __file__, "--child", variant, "--prep", str(work / "prep.json"),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--prep",
+            str(work / "prep.json"),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--batch",
+            str(args.batch),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -233,7 +339,7 @@ def main() -> None:
             log(f"{variant} failed (exit {proc.returncode}):\n{tail}")
             results.append({"variant": variant, "error": tail[-500:]})
             continue
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
         log(json.dumps(results[-1]))
     report = {"data": prep["lengths"], "results": results, "ratios": ratios(results)}
     print(json.dumps(report, indent=2))
@@ -245,11 +351,17 @@ def ratios(results: list[dict]) -> dict:
     """Our path against the baseline of the same precision: throughput and peak-memory ratios."""
     by = {r["variant"]: r for r in results if "error" not in r}
     out = {}
-    for ours, base in (("ours-bf16", "baseline-bf16"), ("ours-4bit", "baseline-4bit"),
-                       ("ours-bf16-packing", "baseline-bf16"), ("ours-bf16-bs16", "baseline-bf16")):
+    for ours, base in (
+        ("ours-bf16", "baseline-bf16"),
+        ("ours-4bit", "baseline-4bit"),
+        ("ours-bf16-packing", "baseline-bf16"),
+        ("ours-bf16-bs16", "baseline-bf16"),
+    ):
         if ours in by and base in by and by[base].get("tokens_per_s"):
-            out[ours] = {"tokens_per_s_x": round(by[ours]["tokens_per_s"] / by[base]["tokens_per_s"], 2),
-                         "peak_memory_x": round(by[ours]["peak_reserved_gb"] / by[base]["peak_reserved_gb"], 2)}
+            out[ours] = {
+                "tokens_per_s_x": round(by[ours]["tokens_per_s"] / by[base]["tokens_per_s"], 2),
+                "peak_memory_x": round(by[ours]["peak_reserved_gb"] / by[base]["peak_reserved_gb"], 2),
+            }
     return out
 
 

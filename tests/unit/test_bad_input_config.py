@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from afinar.config import load_config, read_yaml
 from afinar.errors import AfinarError
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
 from afinar.crypto import encrypt_frame, generate_key, run_decrypt
 from afinar.datasets_io import run_dataset_split
 from afinar.errors import AfinarError

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
 from afinar.callbacks import MetricsCallback
 from afinar.io import read_jsonl
 from afinar.monitor import BackgroundSampler
-from transformers import TrainerControl, TrainerState, TrainingArguments
 
 
 def run_events(cb, args, state, losses, evals):

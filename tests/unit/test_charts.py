@@ -8,6 +8,7 @@ from pathlib import Path
 
 import _report_fixtures as F
 import pytest
+
 from afinar import charts
 
 

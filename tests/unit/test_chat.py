@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from transformers import AutoTokenizer
+
 from afinar import chat
 from afinar.errors import AfinarError
-from transformers import AutoTokenizer
 
 CONV = [
     {"role": "user", "content": "Qual o nome?\nTexto: Ana Silva"},

@@ -66,3 +66,17 @@ def test_prepare_folder_resumes_only_the_same_run(tmp_path):
     make_ckpt(folder, 4)
     data.write_bytes(b"v2")
     assert checkpoints.run_fingerprint({"lr": 2}, [data]) != fp2
+
+
+def test_a_finished_run_is_not_resumed(tmp_path):
+    data = tmp_path / "treino.parquet"
+    data.write_bytes(b"v1")
+    folder = tmp_path / "checkpoints"
+    fp = checkpoints.run_fingerprint({"lr": 1}, [data])
+    checkpoints.prepare_folder(folder, fp, resume=True)
+    make_ckpt(folder, 8)
+    checkpoints.mark_finished(folder)
+    assert checkpoints.prepare_folder(folder, fp, resume=True) is None
+    assert checkpoints.list_checkpoints(folder) == []
+    make_ckpt(folder, 2)  # the new run's own checkpoints are resumable again
+    assert checkpoints.prepare_folder(folder, fp, resume=True).name == "checkpoint-2"

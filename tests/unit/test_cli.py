@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from afinar import interactive
 from afinar.cli import main, show_text
 from afinar.config import load_config, read_yaml

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import _report_fixtures as F
+
 from afinar import compare
 
 

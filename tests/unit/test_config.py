@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from afinar.config import (
     SCHEMA_PATH,
     check_env,

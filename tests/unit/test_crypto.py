@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from afinar.crypto import (
     encrypt_frame,
     encrypt_texts,

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
 from afinar.datasets_io import load_sources, run_dataset_split
 from afinar.errors import AfinarError
 from afinar.splits import SplitOutputs

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from afinar.demo_model import CHAT_TEMPLATE, build_tiny_model, read_corpus
-from afinar.errors import AfinarError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from afinar.demo_model import CHAT_TEMPLATE, build_tiny_model, read_corpus
+from afinar.errors import AfinarError
 
 SAMPLE = 'Processo nº 0001234-56.2020: autor João; réu "Empresa X". Valor R$ 1.234,56.\n{"a": [1, 2]}'
 

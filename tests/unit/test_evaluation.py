@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from afinar.errors import AfinarError
 from afinar.evaluation import evaluate, read_predictions, run_evaluation
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from afinar.errors import AfinarError
 from afinar.export import export_targets, merge_adapter, merged_dtype
 from afinar.export_gguf import (
@@ -271,8 +272,9 @@ def test_extract_converter_takes_only_the_converter_from_an_sdist(tmp_path):
 def test_onnx_export_matches_pytorch(merged_dir, tmp_path):
     import numpy as np
     import onnxruntime
-    from afinar.export_onnx import export_onnx
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from afinar.export_onnx import export_onnx
 
     out = tmp_path / "onnx"
     result = export_onnx(merged_dir, out)

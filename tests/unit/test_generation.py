@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from afinar.demo_model import TinyModelSpec, build_tiny_model
 from afinar.errors import AfinarError
 from afinar.generation import (

@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import pytest
+
 from afinar.errors import AfinarError
 from afinar.gpu_slots import claim_gpu, visible_gpus
 

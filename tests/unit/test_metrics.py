@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from afinar.metrics import (
     FieldCounts,
     exact_match,

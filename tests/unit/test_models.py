@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from afinar import models
 from afinar.errors import AfinarError
 

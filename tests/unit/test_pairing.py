@@ -7,6 +7,7 @@ import stat
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
 from afinar.errors import AfinarError
 from afinar.pairing import file_id, glob_mask, list_files, pair_records, raw_input_files, read_text, run_pair
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from afinar.cli import main as cli_main
 from afinar.demo_model import TinyModelSpec, build_tiny_model
 from afinar.predict_cli import choose_experiment, shorten, side_by_side

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from afinar.errors import AfinarError
 from afinar.profile_check import (
     check_partitions,

@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from afinar.errors import AfinarError
 from afinar.pairing import PAIRS_SCHEMA
 from afinar.splits import (

@@ -66,7 +66,9 @@ def test_predictions_and_metrics(demo: Path) -> None:
     preds = [json.loads(x) for x in (exp / "predicoes" / "teste.jsonl").read_text().splitlines()]
     n_test = len(pd.read_parquet(demo / "results" / "data" / "teste.parquet"))
     assert len(preds) == n_test
-    assert {"id", "prompt", "esperado", "gerado", "tokens_prompt", "tokens_saida", "segundos"} <= set(preds[0])
+    assert {"id", "prompt", "esperado", "gerado", "tokens_prompt", "tokens_saida", "segundos"} <= set(
+        preds[0]
+    )
     metrics = json.loads((exp / "avaliacao" / "metricas.json").read_text())
     assert 0.0 <= metrics["modelo"]["rouge_l_f1"] <= 1.0
 
