@@ -356,18 +356,20 @@ def plot_hardware(samples: list[dict], path: str | Path, title: str = "Hardware 
         return [r.get(key) if isinstance(r.get(key), int | float) else None for r in timed]
 
     with matplotlib.rc_context(RC):
-        fig, (ax_gpu, ax_ram, ax_cpu) = _figure(10, 8.5, 3, 1, sharex=True)
+        # A CPU run gets no empty GPU panel: an empty shared-x panel would also hide the time ticks.
         gpus = _gpu_indices(timed)
         if gpus:
+            fig, (ax_gpu, ax_ram, ax_cpu) = _figure(10, 8.5, 3, 1, sharex=True)
             lines = []
             for i in gpus:
                 lines.append((f"GPU {i} reserved", values(f"gpu{i}_reservada_gb"), "-"))
                 lines.append((f"GPU {i} allocated", values(f"gpu{i}_alocada_gb"), "--"))
             total = next((r.get("gpu_total_gb") for r in timed if r.get("gpu_total_gb")), None)
             _memory_panel(ax_gpu, t, lines, total, "GPU memory (GB)")
+            ax_gpu.set_title(title)
         else:
-            _no_data(ax_gpu, "No GPU memory recorded: this run used the CPU.")
-        ax_gpu.set_title(title)
+            fig, (ax_ram, ax_cpu) = _figure(10, 6.5, 2, 1, sharex=True)
+            ax_ram.set_title(f"{title} (CPU run: no GPU memory recorded)")
 
         ram_lines = [
             ("RAM used (machine)", values("ram_usada_gb"), "-"),
@@ -393,7 +395,8 @@ def plot_hardware(samples: list[dict], path: str | Path, title: str = "Hardware 
                     label="CPU (training process, 100% = 1 core)",
                 )
             ax_cpu.set_ylabel("CPU use (%)")
-            ax_cpu.set_ylim(bottom=0)
+            top = max([v for v in cpu + proc if v is not None] + [1.0])
+            ax_cpu.set_ylim(0, top * 1.35)  # headroom so the legend never sits on the curves
             ax_cpu.legend(loc="upper left", ncol=2)
         else:
             _no_data(ax_cpu, "No CPU samples recorded.")

@@ -22,5 +22,9 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 
 def reasons(output: str) -> str:
-    """All 'reason:' lines of a dry run, lower-cased, for assertions on why jobs rerun."""
-    return "\n".join(line.strip().lower() for line in output.splitlines() if "reason" in line.lower())
+    """The 'reason:' lines and the closing 'Reasons:' summary of a dry run, lower-cased."""
+    lines = output.splitlines()
+    picked = [line for line in lines if "reason:" in line.lower()]
+    if "Reasons:" in lines:
+        picked += lines[lines.index("Reasons:") :]
+    return "\n".join(line.strip().lower() for line in picked)

@@ -60,7 +60,7 @@ def test_encrypted_dataframe_is_decrypted_and_nothing_leaks(workflow_copy: Path)
     key = Fernet.generate_key()
     cfg_path = _write(workflow_copy, _encrypted_variant(workflow_copy, key))
     env = offline_env(AFINAR_TEST_KEY=key.decode())
-    proc = run_snakemake(workflow_copy, "--configfile", cfg_path, *SPLIT_TARGETS, env=env)
+    proc = run_snakemake(workflow_copy, *SPLIT_TARGETS, f"--configfile={cfg_path}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = workflow_copy / "results" / "data"
     plain = pd.read_parquet(data / "pairs.plain.parquet")
@@ -78,7 +78,7 @@ def test_missing_key_variable_stops_before_writing_plain_text(workflow_copy: Pat
     cfg_path = _write(workflow_copy, _encrypted_variant(workflow_copy, Fernet.generate_key()))
     env = offline_env()
     env.pop("AFINAR_TEST_KEY", None)
-    proc = run_snakemake(workflow_copy, "--configfile", cfg_path, *SPLIT_TARGETS, env=env)
+    proc = run_snakemake(workflow_copy, *SPLIT_TARGETS, f"--configfile={cfg_path}", env=env)
     assert proc.returncode != 0
     assert "AFINAR_TEST_KEY" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
@@ -88,7 +88,7 @@ def test_missing_key_variable_stops_before_writing_plain_text(workflow_copy: Pat
 def test_wrong_key_names_the_records(workflow_copy: Path) -> None:
     cfg_path = _write(workflow_copy, _encrypted_variant(workflow_copy, Fernet.generate_key()))
     env = offline_env(AFINAR_TEST_KEY=Fernet.generate_key().decode())
-    proc = run_snakemake(workflow_copy, "--configfile", cfg_path, *SPLIT_TARGETS, env=env)
+    proc = run_snakemake(workflow_copy, *SPLIT_TARGETS, f"--configfile={cfg_path}", env=env)
     assert proc.returncode != 0
     assert not (workflow_copy / "results" / "data" / "pairs.plain.parquet").exists()
     log = (workflow_copy / "results" / "logs" / "decrypt.log").read_text()
@@ -100,7 +100,7 @@ def test_dataset_mode_to_splits(workflow_copy: Path) -> None:
     cfg["formatos"]["tipo_entrada"] = "dataset"
     cfg.pop("pastas", None)
     cfg["dataset"] = {"train_file": "resources/example/dataset/treino.jsonl"}
-    proc = run_snakemake(workflow_copy, "--configfile", _write(workflow_copy, cfg), *SPLIT_TARGETS)
+    proc = run_snakemake(workflow_copy, *SPLIT_TARGETS, f"--configfile={_write(workflow_copy, cfg)}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     teste = pd.read_parquet(workflow_copy / "results" / "data" / "teste.parquet")
     assert len(teste) > 0 and teste["messages"].iloc[0][-1]["role"] == "assistant"
