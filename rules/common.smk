@@ -87,11 +87,19 @@ def demo_corpus(wildcards):
     return sorted(str(p) for p in Path("resources/example").rglob("*.txt"))
 
 
+def filter_tokens_inputs(wildcards):
+    """The three splits, plus the base model folder when this workflow builds it (its tokenizer counts)."""
+    inputs = {split: f"{DATA}/{split}.parquet" for split in SPLITS}
+    inputs.update(zip(["base"], base_model_input(wildcards)))
+    return inputs
+
+
 def train_inputs(wildcards):
-    """The splits, plus the base model folder when this workflow builds it (the demo model)."""
+    """The splits and the token filter's decisions, plus the base model folder when this workflow builds it."""
     inputs = {
         "treino": f"{DATA}/treino.parquet",
         "validacao": f"{DATA}/validacao.parquet",
+        "filtro_tokens": f"{DATA}/filtro_tokens/{wildcards.exp}.json",
     }
     base = EXPS[wildcards.exp]["modelo"]["base"]
     if base.rstrip("/") == DEMO_MODEL:
@@ -194,8 +202,11 @@ def data_config(wildcards):
 
 
 def report_data_inputs(wildcards):
-    """Split summary always; the pairing summary only in folder mode (dataset mode has no pairing step)."""
-    inputs = {"divisao": f"{DATA}/divisao.json"}
+    """Split and token-filter summaries always; the pairing summary only in folder mode (dataset mode has none)."""
+    inputs = {
+        "divisao": f"{DATA}/divisao.json",
+        "filtro_tokens": f"{DATA}/filtro_tokens/{wildcards.exp}.json",
+    }
     if not DATASET_MODE:
         inputs["pareamento"] = f"{DATA}/pareamento.json"
     return inputs

@@ -1,5 +1,8 @@
 # Training, per experiment:
 #   demo_model   resources/example/ text files          → results/demo/modelo-base/ (tiny Qwen2, random weights)
+#   filter_tokens results/data/*.parquet + base tokenizer  → results/data/filtro_tokens/{exp}.json
+#                (records longer than filtro_tokens.max_tokens: dropped, or their prompt cut; per experiment
+#                 because each base model has its own tokenizer)
 #   train        results/data/{treino,validacao}.parquet → results/{exp}/adapter/ + metric files
 # Checkpoints go to results/{exp}/checkpoints/, deliberately NOT an output: Snakemake deletes the outputs
 # of a failed job, and the checkpoints are what lets a killed job resume when snakemake runs again.
@@ -21,6 +24,25 @@ rule demo_model:
         seed=0,
     script:
         "../scripts/demo_model.py"
+
+
+rule filter_tokens:
+    input:
+        unpack(filter_tokens_inputs),
+    output:
+        f"{DATA}/filtro_tokens/{{exp}}.json",
+    log:
+        "results/logs/filter_tokens/{exp}.log",
+    benchmark:
+        "results/benchmarks/filter_tokens/{exp}.tsv"
+    conda:
+        train_env
+    params:
+        base=exp_value("modelo", "base"),
+        max_seq_length=exp_value("treinamento", "max_seq_length"),
+        filtro_tokens=exp_value("treinamento", "filtro_tokens"),
+    script:
+        "../scripts/filter_tokens.py"
 
 
 rule train:

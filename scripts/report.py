@@ -15,6 +15,7 @@ def main(smk) -> None:
         pareamento=smk.input.get("pareamento"),
         divisao=smk.input.get("divisao"),
         token_stats=smk.input.token_stats,
+        filtro_tokens=smk.input.get("filtro_tokens"),
         charts=list(smk.input.charts),
     )
     write_report(

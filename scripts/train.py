@@ -32,6 +32,7 @@ def main(smk) -> None:
         training_metrics=Path(out.training_metrics),
         hardware_metrics=Path(out.hardware_metrics),
         checkpoints=Path(smk.params.checkpoints),
+        token_filter=Path(smk.input.filtro_tokens) if smk.input.get("filtro_tokens") else None,
     )
     exp = {"modelo": smk.params.modelo, "treinamento": smk.params.treinamento, "lora": smk.params.lora}
     with slot:

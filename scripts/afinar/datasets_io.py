@@ -10,14 +10,19 @@ training starts (the original read ``.json`` as JSON lines and never checked row
 split (and, without ``eval_file``, the validation split) is carved out of the training file with
 ``pastas.divisao.proporcao`` and ``seed``, using the same deterministic assignment as ``pastas`` mode.
 
-Sources are loaded into :class:`Records` (ids + messages) by :func:`load_sources`; a Hugging Face Hub
-loader (issue 5) only has to return the same mapping of role → ``Records``.
+Instead of files, ``dataset.hf_dataset`` names a Hugging Face dataset: a Hub id, a local folder of
+parquet/JSON shards (both through ``datasets.load_dataset``'s builder, the same code path) or a folder
+written by ``save_to_disk`` (``datasets.load_from_disk``). Its splits (``dataset.hf_splits``) become the
+same role → :class:`Records` mapping as the files, so everything after loading is shared, and what was
+loaded (name, config, requested and resolved revision, fingerprints) is recorded in ``divisao.json``.
+``dataset.colunas`` renames columns (source → ``messages``/``prompt``/``completion``/``id``) in both cases.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,16 +276,49 @@ def rows_to_records(
     return records
 
 
-def load_sources(dataset: dict[str, Any]) -> dict[str, Records]:
-    """Records per role (``treino`` always; ``validacao``/``teste`` when their file is set).
+def rename_columns(rows: list[dict[str, Any]], colunas: dict[str, str], where: str) -> list[dict[str, Any]]:
+    """Apply ``dataset.colunas`` (source column → new name); a source column that is absent is an error."""
+    if not colunas:
+        return rows
+    available = set().union(*(row.keys() for row in rows[:100])) if rows else set()
+    for source in colunas:
+        if source not in available:
+            raise AfinarError(
+                f"dataset.colunas: column {source!r} is not in {where} (columns: "
+                f"{', '.join(sorted(available)) or 'none'}) — map one of those"
+            )
+    return [{colunas.get(k, k): v for k, v in row.items()} for row in rows]
 
-    This is the single entry point for where records come from; a Hub loader (``dataset.hf_dataset``,
-    issue 5) plugs in here and returns the same mapping.
+
+def _records_of_rows(
+    rows: list[dict[str, Any]], path: str, key: str, role: str, dataset: dict[str, Any], col: str
+) -> Records:
+    """Rows of one source (renamed by ``dataset.colunas``) → validated records."""
+    template_path = str(dataset.get("prompt_template") or "").strip()
+    template = read_template(template_path, "dataset.prompt_template") if template_path else ""
+    rows = rename_columns(rows, dict(dataset.get("colunas") or {}), f"{key} {path!r}")
+    return rows_to_records(rows, path, key, role, col, template, str(dataset.get("tag_texto") or ""))
+
+
+def _check_unique_owner(sources: dict[str, Records], keys: dict[str, str]) -> None:
+    owner: dict[str, str] = {}
+    for role, records in sources.items():
+        for rid in records.ids:
+            if rid in owner:
+                raise AfinarError(
+                    f"{keys[role]}: id {rid!r} is also in {keys[owner[rid]]} — a record belongs to one split"
+                )
+            owner[rid] = role
+
+
+def load_sources(dataset: dict[str, Any]) -> dict[str, Records]:
+    """Records per role (``treino`` always; ``validacao``/``teste`` when their file or split exists).
+
+    The single entry point for where records come from: local files, or ``dataset.hf_dataset``
+    (see :func:`load_hf_sources`, which also returns what was loaded, for the report).
     """
     if str(dataset.get("hf_dataset") or "").strip():
-        raise AfinarError(
-            "dataset.hf_dataset: loading from the Hugging Face Hub is not available yet — use local files"
-        )
+        return load_hf_sources(dataset)[0]
     files = {
         "treino": dataset["train_file"],
         "validacao": dataset["eval_file"],
@@ -290,9 +328,6 @@ def load_sources(dataset: dict[str, Any]) -> dict[str, Records]:
         raise AfinarError(
             "dataset.train_file: not set — give the training file (parquet, json, jsonl or txt)"
         )
-    template_path = str(dataset.get("prompt_template") or "").strip()
-    template = read_template(template_path, "dataset.prompt_template") if template_path else ""
-    tag = str(dataset.get("tag_texto") or "")
     train_col = str(dataset.get("train_prompt_col") or "messages")
     cols = {
         "treino": train_col,
@@ -303,16 +338,142 @@ def load_sources(dataset: dict[str, Any]) -> dict[str, Records]:
     for role, path in files.items():
         if str(path or "").strip():
             rows = read_rows(path, FILE_KEYS[role])
-            sources[role] = rows_to_records(rows, path, FILE_KEYS[role], role, cols[role], template, tag)
-    owner: dict[str, str] = {}
-    for role, records in sources.items():
-        for rid in records.ids:
-            if rid in owner:
-                raise AfinarError(
-                    f"{FILE_KEYS[role]}: id {rid!r} is also in {FILE_KEYS[owner[rid]]} — a record belongs to one split"
-                )
-            owner[rid] = role
+            sources[role] = _records_of_rows(rows, str(path), FILE_KEYS[role], role, dataset, cols[role])
+    _check_unique_owner(sources, FILE_KEYS)
     return sources
+
+
+# --- Hugging Face datasets ---------------------------------------------------------------------------
+
+HF_KEY = "dataset.hf_dataset"
+#: ``hf_splits`` defaults: a default split name the dataset lacks is carved from treino; a name the user
+#: chose that the dataset lacks is a typo and an error.
+DEFAULT_HF_SPLITS = {"treino": "train", "validacao": "validation", "teste": "test"}
+
+
+def _hf_offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A folder written by ``save_to_disk`` (a DatasetDict or a single Dataset)."""
+    return (folder / "dataset_dict.json").is_file() or (
+        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] + "…") if len(text) > 200 else text or type(exc).__name__
+
+
+def open_hf_dataset(
+    name: str, config: str = "", revision: str = "", cache_dir: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Open a Hugging Face dataset → (split name → ``datasets.Dataset``, provenance for ``divisao.json``).
+
+    A folder saved with ``save_to_disk`` goes through ``load_from_disk``; anything else (a Hub id, a
+    local folder of parquet/JSON shards) through the builder of ``load_dataset``, whose ``hash`` is the
+    Hub commit for Hub datasets (a hash of the files for local folders): the *resolved* revision.
+    Offline and not cached, or any loading failure, is one line.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    folder = Path(name).expanduser()
+    prov: dict[str, Any] = {
+        "nome": name,
+        "config": config or None,
+        "revisao_pedida": revision or None,
+        "revisao_resolvida": None,
+        "versao": None,
+        "carregado_com": None,
+        "fingerprints": {},
+    }
+    if folder.is_dir() and _is_saved_dataset(folder):
+        if config or revision:
+            log.warning(
+                "%s: a save_to_disk folder has no config or revision; hf_config/hf_revision ignored", name
+            )
+        try:
+            loaded = datasets.load_from_disk(str(folder))
+        except Exception as exc:  # corrupt folders raise many kinds of errors
+            raise AfinarError(
+                f"{HF_KEY}: {name} is not a readable save_to_disk folder ({_short(exc)}) — save it again"
+            ) from None
+        prov["carregado_com"] = "load_from_disk"
+        splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    else:
+        local = folder.is_dir()
+        if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise AfinarError(f"{HF_KEY}: folder {name} not found — fix the path or give a Hub dataset id")
+        try:
+            builder = datasets.load_dataset_builder(
+                str(folder) if local else name, config or None, revision=revision or None, cache_dir=cache_dir
+            )
+            builder.download_and_prepare()
+            loaded = builder.as_dataset()
+        except Exception as exc:
+            if not local and _hf_offline():
+                raise AfinarError(
+                    f"{HF_KEY}: {name} is not in the local cache and the machine is offline (HF_DATASETS_OFFLINE/"
+                    "HF_HUB_OFFLINE) — the dataset must already be in the local cache or a local folder "
+                    "(save_to_disk, or a folder of parquet shards)"
+                ) from None
+            raise AfinarError(
+                f"{HF_KEY}: cannot load {name}"
+                + (f" (config {config!r})" if config else "")
+                + (f" at revision {revision!r}" if revision else "")
+                + f": {_short(exc)} — check the name, hf_config and hf_revision"
+            ) from None
+        prov["carregado_com"] = "load_dataset"
+        prov["revisao_resolvida"] = getattr(builder, "hash", None)
+        prov["config"] = builder.config.name
+        version = getattr(builder.info, "version", None)
+        prov["versao"] = str(version) if version is not None else None
+        splits = dict(loaded)
+    prov["fingerprints"] = {split: getattr(ds, "_fingerprint", None) for split, ds in splits.items()}
+    prov["splits"] = {split: ds.num_rows for split, ds in splits.items()}
+    return splits, prov
+
+
+def load_hf_sources(
+    dataset: dict[str, Any], cache_dir: str | None = None
+) -> tuple[dict[str, Records], dict[str, Any]]:
+    """``dataset.hf_dataset`` → (role → records, provenance). Splits come from ``dataset.hf_splits``."""
+    name = str(dataset["hf_dataset"]).strip()
+    ignored = [k for k in ("train_file", "eval_file", "test_file") if str(dataset.get(k) or "").strip()]
+    if ignored:
+        log.warning("dataset.hf_dataset is set: %s ignored", ", ".join(f"dataset.{k}" for k in ignored))
+    splits, prov = open_hf_dataset(
+        name, str(dataset.get("hf_config") or ""), str(dataset.get("hf_revision") or ""), cache_dir
+    )
+    wanted = {**DEFAULT_HF_SPLITS, **{k: v for k, v in (dataset.get("hf_splits") or {}).items()}}
+    available = ", ".join(sorted(splits)) or "none"
+    col = str(dataset.get("train_prompt_col") or "messages")
+    sources: dict[str, Records] = {}
+    keys: dict[str, str] = {}
+    for role in ("treino", "validacao", "teste"):
+        split = str(wanted.get(role) or "").strip()
+        key = f"dataset.hf_splits.{role}"
+        if not split:
+            continue
+        if split not in splits:
+            if role == "treino" or split != DEFAULT_HF_SPLITS[role]:
+                raise AfinarError(
+                    f"{key}: {name} has no split {split!r} (splits: {available}) — name one of those"
+                )
+            log.info("%s: no %r split: %s is carved from the training split", name, split, role)
+            continue
+        rows = splits[split].to_list()
+        sources[role] = _records_of_rows(rows, f"{name}[{split}]", HF_KEY, role, dataset, col)
+        keys[role] = f"{HF_KEY} split {split!r}"
+    prov["usados"] = {role: wanted[role] for role in sources}
+    _check_unique_owner(sources, keys)
+    return sources, prov
 
 
 def carve_splits(sources: dict[str, Records], divisao: dict[str, Any]) -> dict[str, Records]:
@@ -335,7 +496,11 @@ def run_dataset_split(
     dataset: dict[str, Any], divisao: dict[str, Any], outputs: SplitOutputs
 ) -> dict[str, Any]:
     """The whole ``split`` stage in dataset mode; return the ``divisao.json`` report."""
-    sources = load_sources(dataset)
+    hub = None
+    if str(dataset.get("hf_dataset") or "").strip():
+        sources, hub = load_hf_sources(dataset)
+    else:
+        sources = load_sources(dataset)
     splits = carve_splits(sources, divisao)
     counts = {s: len(splits[s]) for s in SPLITS}
     configured = divisao["proporcao"]
@@ -348,5 +513,11 @@ def run_dataset_split(
     )
     origin = "dataset" if "teste" in sources else "dataset (teste recortado do treino)"
     return write_outputs(
-        {s: splits[s].table() for s in SPLITS}, division, outputs, configured, origin, divisao["seed"]
+        {s: splits[s].table() for s in SPLITS},
+        division,
+        outputs,
+        configured,
+        origin,
+        divisao["seed"],
+        extra={"hf_dataset": hub} if hub else None,
     )

@@ -65,6 +65,7 @@ class ReportInputs:
     pareamento: str | Path | None = None
     divisao: str | Path | None = None
     token_stats: str | Path | None = None
+    filtro_tokens: str | Path | None = None
     charts: list[str | Path] = field(default_factory=list)
 
 
@@ -391,6 +392,7 @@ def build_context(
         else None,
         "division": read_json_lenient(inputs.divisao) or None,
         "tokens": read_json_lenient(inputs.token_stats) or None,
+        "token_filter": token_filter_section(read_json_lenient(inputs.filtro_tokens)),
         "training": training_section(events, summary),
         "hardware": hardware_section(samples, summary, events),
         "evaluation": evaluation,
@@ -403,6 +405,37 @@ def build_context(
             int(relatorio.get("n_exemplos", 3) or 0),
             with_text,
         ),
+    }
+
+
+def token_filter_section(report: dict[str, Any], n_ids: int = 10) -> dict[str, Any] | None:
+    """The filter_tokens decisions per split, with the first ``n_ids`` dropped/truncated ids."""
+    if not report or not isinstance(report.get("splits"), dict):
+        return None
+    rows = []
+    for split, label in (("treino", "train"), ("validacao", "validation"), ("teste", "test")):
+        d = report["splits"].get(split)
+        if not isinstance(d, dict):
+            continue
+        dropped, cut = list(d.get("descartados") or []), list(d.get("truncados") or [])
+        rows.append(
+            {
+                "split": split,
+                "label": label,
+                "total": d.get("total"),
+                "mantidos": d.get("mantidos"),
+                "n_descartados": len(dropped),
+                "n_truncados": len(cut),
+                "descartados": dropped[:n_ids],
+                "truncados": cut[:n_ids],
+                "aplicado": split in (report.get("aplicado_em") or []),
+            }
+        )
+    return {
+        "max_tokens": report.get("max_tokens"),
+        "acao": report.get("acao"),
+        "rows": rows,
+        "n_ids": n_ids,
     }
 
 

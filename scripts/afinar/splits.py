@@ -328,10 +328,11 @@ def write_outputs(
     configured: dict[str, float],
     source: str,
     seed: int,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the three splits, ``divisao.csv`` and ``divisao.json``; return the report."""
+    """Write the three splits, ``divisao.csv`` and ``divisao.json`` (plus ``extra`` keys); return the report."""
     counts = {s: tables[s].num_rows for s in SPLITS}
-    report = proportions_report(configured, counts, source, seed)
+    report = {**proportions_report(configured, counts, source, seed), **(extra or {})}
     for name in SPLITS:
         write_split(tables[name], outputs.split_path(name))
     _write_division_csv(division, outputs.divisao_csv)
@@ -440,6 +441,8 @@ def split_input_function(
                 for role, key in (("train", "train_file"), ("eval", "eval_file"), ("test", "test_file"))
                 if ds[key]
             }
+            if ds["hf_dataset"] and Path(ds["hf_dataset"]).expanduser().is_dir():
+                files["hf_dataset"] = ds["hf_dataset"]  # a local dataset folder: editing it reruns split
             template = ds["prompt_template"]
         else:
             files = {

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from afinar import chat, checkpoints, models
+from afinar import chat, checkpoints, models, token_filter
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
 
@@ -47,6 +47,8 @@ class TrainPaths:
     training_metrics: Path
     hardware_metrics: Path
     checkpoints: Path
+    #: the filter_tokens rule's decisions; None (or a missing file) = filter here with the same rules
+    token_filter: Path | None = None
 
     @classmethod
     def for_experiment(cls, results: str | Path, exp: str) -> TrainPaths:
@@ -61,6 +63,7 @@ class TrainPaths:
             training_metrics=e / "treinamento" / "training_metrics.jsonl",
             hardware_metrics=e / "treinamento" / "hardware_metrics.jsonl",
             checkpoints=e / "checkpoints",
+            token_filter=r / "data" / "filtro_tokens" / f"{exp}.json",
         )
 
     def live(self, path: Path) -> Path:
@@ -142,6 +145,20 @@ def choose_optim(optim: str, cuda: bool) -> str:
     return optim
 
 
+def padding_free_option(value: Any) -> dict[str, bool]:
+    """``treinamento.padding_free`` as SFTConfig keyword arguments.
+
+    ``true`` = every micro-batch flattened into one row with per-example position ids (no pad tokens);
+    ``false`` = padded rows (with right padding Unsloth drops the mask during training, so attention stays
+    on the fast causal kernel and its compiled per-layer blocks run); ``auto``/null (default) = nothing is
+    passed, so the backend decides (Unsloth chooses per GPU, TRL pads). Packing is always padding-free."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return {}
+    if isinstance(value, bool):
+        return {"padding_free": value}
+    raise AfinarError(f"treinamento.padding_free: {value!r} must be true, false or auto")
+
+
 def resolve_steps(eval_steps: Any, total_steps: int) -> int:
     """``"N%"`` of all optimizer steps (of the whole run, not of one epoch as in the original, B16) or an
     integer; 0 (or "0%") = no periodic evaluation."""
@@ -169,34 +186,11 @@ def resolve_steps(eval_steps: Any, total_steps: int) -> int:
 # ---------------------------------------------------------------- data
 
 
-def read_split(path: Path, name: str) -> list[list[dict]]:
-    """The ``messages`` of a split parquet, as plain lists of ``{role, content}`` dicts."""
-    import pandas as pd
-
-    if not path.is_file():
-        raise AfinarError(f"{path}: split file not found — run the split rule first")
-    frame = pd.read_parquet(path)
-    if "messages" not in frame.columns:
-        raise AfinarError(f"{path}: no 'messages' column — the split rule writes it; rerun it")
-    rows = [
-        [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs] for msgs in frame["messages"]
-    ]
+def read_split(path: Path, name: str) -> tuple[list[str], list[list[dict]]]:
+    """Ids and ``messages`` of a split parquet, as plain lists of ``{role, content}`` dicts."""
+    ids, rows = token_filter.read_split_records(path)
     log.info("%s split: %d records", name, len(rows))
-    return rows
-
-
-def _shorten_prompt(tokenizer: Any, msgs: list[dict], overflow: int) -> list[dict] | None:
-    """Cut ``overflow`` (+ a small margin) tokens off the end of the last user message; None if it cannot."""
-    idx = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
-    if idx is None:
-        return None
-    ids = tokenizer(msgs[idx]["content"], add_special_tokens=False)["input_ids"]
-    keep = len(ids) - overflow - 2
-    if keep <= 0:
-        return None
-    out = [dict(m) for m in msgs]
-    out[idx]["content"] = tokenizer.decode(ids[:keep])
-    return out
+    return ids, rows
 
 
 def tokenize_split(
@@ -209,12 +203,12 @@ def tokenize_split(
 ) -> tuple[dict[str, list], dict[str, int]]:
     """Tokenize conversations; drop (``descartar``) or shorten the prompt of (``truncar``) long ones.
 
-    The answer is never cut: a truncated answer teaches the model to stop mid-sentence. Conversations
-    left with no trainable token are dropped too, and every count is reported.
+    With the filter_tokens rule's decisions already applied nothing is long any more; without them
+    (``train()`` called directly) the same :mod:`afinar.token_filter` rules apply here. The answer is
+    never cut. Conversations left with no trainable token are dropped too, and every count is reported.
     """
-    filtro = filtro or {}
-    limit = min(int(filtro.get("max_tokens") or max_len), max_len)
-    truncate = (filtro.get("acao") or "descartar") == "truncar"
+    limit = token_filter.effective_limit(filtro, max_len)
+    acao = token_filter.action(filtro)
     out: dict[str, list] = {"input_ids": [], "labels": []}
     stats = {
         "registros": len(rows),
@@ -226,17 +220,15 @@ def tokenize_split(
     }
     for msgs in rows:
         enc = chat.tokenize_conversation(tokenizer, msgs, markers)
-        tries = 0
-        while len(enc["input_ids"]) > limit and truncate and tries < 4:
-            shorter = _shorten_prompt(tokenizer, msgs, len(enc["input_ids"]) - limit)
-            if shorter is None:
-                break
-            msgs, tries = shorter, tries + 1
-            enc = chat.tokenize_conversation(tokenizer, msgs, markers)
         if len(enc["input_ids"]) > limit:
-            stats["descartados_longos"] += 1
-            continue
-        stats["truncados"] += tries > 0
+            fitted, _status = token_filter.fit_conversation(
+                tokenizer, msgs, limit, acao, length=len(enc["input_ids"])
+            )
+            if fitted is None:
+                stats["descartados_longos"] += 1
+                continue
+            stats["truncados"] += 1
+            enc = chat.tokenize_conversation(tokenizer, fitted, markers)
         if all(v == -100 for v in enc["labels"]):
             stats["sem_alvo"] += 1
             continue
@@ -421,12 +413,14 @@ def train(
     )
 
     # 2. data
-    train_rows = read_split(paths.train, "treino")
+    train_ids, train_rows = read_split(paths.train, "treino")
     if not train_rows:
         raise AfinarError(
             f"{paths.train}: the training split has zero records — check the split proportions and data"
         )
-    eval_rows = read_split(paths.validation, "validacao") if paths.validation.is_file() else []
+    eval_ids, eval_rows = (
+        read_split(paths.validation, "validacao") if paths.validation.is_file() else ([], [])
+    )
     if not eval_rows:
         log.warning(
             "%s: no validation records: training without evaluation or early stopping", paths.validation
@@ -451,12 +445,28 @@ def train(
     from datasets import Dataset
 
     filtro = tr.get("filtro_tokens") or {}
+    decisions = None
+    if paths.token_filter is not None and paths.token_filter.is_file():
+        limit, acao = token_filter.effective_limit(filtro, max_len), token_filter.action(filtro)
+        decisions = token_filter.read_report(paths.token_filter, limit, acao)["splits"]
+        train_rows = token_filter.apply_decision(
+            tokenizer, train_ids, train_rows, decisions["treino"], limit, acao, str(paths.train)
+        )
+        if eval_rows:
+            eval_rows = token_filter.apply_decision(
+                tokenizer, eval_ids, eval_rows, decisions["validacao"], limit, acao, str(paths.validation)
+            )
     train_tok, train_stats = tokenize_split(tokenizer, train_rows, markers, max_len, filtro, "treino")
     if not train_tok["input_ids"]:
         raise AfinarError(
             f"{paths.train}: no training record is left after tokenization — check max_seq_length/filtro_tokens"
         )
     eval_tok, eval_stats = tokenize_split(tokenizer, eval_rows, markers, max_len, filtro, "validacao")
+    if decisions:  # the summary counts what the rule dropped/truncated, as when filtering here
+        for stats, name in ((train_stats, "treino"), (eval_stats, "validacao")):
+            stats["registros"] = decisions[name]["total"]
+            stats["descartados_longos"] += len(decisions[name]["descartados"])
+            stats["truncados"] += len(decisions[name]["truncados"])
     train_ds = Dataset.from_dict(train_tok)
     eval_ds = Dataset.from_dict(eval_tok) if eval_tok["input_ids"] else None
 
@@ -486,6 +496,10 @@ def train(
     report_to = tr.get("report_to") or []
     if isinstance(report_to, str):
         report_to = [report_to]
+
+    padding = padding_free_option(tr.get("padding_free"))
+    # rows are already within max_len (tokenize_split); TRL refuses max_length on padding-free unpacked rows
+    sft_max_length = None if padding.get("padding_free") and not packing else max_len
 
     from trl import SFTConfig, SFTTrainer
 
@@ -518,8 +532,9 @@ def train(
         report_to=list(report_to) or "none",
         gradient_checkpointing=bool(tr.get("gradient_checkpointing", False)) and backend == "transformers",
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=max_len,
+        max_length=sft_max_length,
         packing=packing,
+        **padding,
         train_sampling_strategy="group_by_length"
         if tr.get("agrupar_por_tamanho", False) and not packing
         else "random",
@@ -537,7 +552,7 @@ def train(
     # 6. checkpoints: resume only a run with the same settings and data
     fingerprint = checkpoints.run_fingerprint(
         {"modelo": modelo, "treinamento": tr, "lora": lora, "backend": backend},
-        [paths.train, paths.validation] if paths.validation.is_file() else [paths.train],
+        [p for p in (paths.train, paths.validation, paths.token_filter) if p is not None and p.is_file()],
     )
     resume = checkpoints.prepare_folder(
         paths.checkpoints, fingerprint, bool(tr.get("resume_from_checkpoint", True))

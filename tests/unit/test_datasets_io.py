@@ -156,3 +156,138 @@ def test_id_in_two_files_is_an_error(tmp_path):
     train, test = write(tmp_path / "a.jsonl", rows, "lines"), write(tmp_path / "b.jsonl", rows, "lines")
     with pytest.raises(AfinarError, match="id 'same' is also in dataset.train_file"):
         load_sources(dataset(train_file=train, test_file=test))
+
+
+# --- Hugging Face datasets (dataset.hf_dataset): built locally, loaded offline through the same code path
+
+
+def hf_cfg(name, **over):
+    cfg = dataset(hf_dataset=name)
+    cfg.update(
+        {
+            "hf_config": "",
+            "hf_revision": "",
+            "hf_splits": {"treino": "train", "validacao": "validation", "teste": "test"},
+            "colunas": {},
+        }
+    )
+    cfg.update(over)
+    return cfg
+
+
+def qa_rows(start, n):
+    return [
+        {"uid": f"q{i}", "pergunta": f"pergunta {i}", "resposta": f"resposta {i}"}
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def hf_env(tmp_path, monkeypatch):
+    """Offline, with the datasets cache in tmp: nothing may touch the network or the user's cache."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return str(tmp_path / "hf-cache")
+
+
+def parquet_shards(folder: Path) -> Path:
+    """A Hub-like folder: ``data/<split>-0000N-of-0000M.parquet`` shards (train in two shards, no validation)."""
+    (folder / "data").mkdir(parents=True)
+    pd.DataFrame(qa_rows(0, 10)).to_parquet(folder / "data" / "train-00000-of-00002.parquet")
+    pd.DataFrame(qa_rows(10, 10)).to_parquet(folder / "data" / "train-00001-of-00002.parquet")
+    pd.DataFrame(qa_rows(20, 5)).to_parquet(folder / "data" / "test-00000-of-00001.parquet")
+    return folder
+
+
+COLUNAS = {"uid": "id", "pergunta": "prompt", "resposta": "completion"}
+
+
+def test_hf_parquet_shards_become_the_split_files(tmp_path, hf_env):
+    from afinar.datasets_io import load_hf_sources
+
+    folder = parquet_shards(tmp_path / "shards")
+    sources, prov = load_hf_sources(hf_cfg(str(folder), colunas=COLUNAS), cache_dir=hf_env)
+    assert sorted(sources) == ["teste", "treino"]  # no validation split in the dataset: carved later
+    assert sorted(sources["treino"].ids) == sorted(f"q{i}" for i in range(20))
+    assert sources["teste"].messages[0] == [
+        {"role": "user", "content": "pergunta 20"},
+        {"role": "assistant", "content": "resposta 20"},
+    ]
+    assert prov["carregado_com"] == "load_dataset" and prov["revisao_resolvida"]
+    assert prov["splits"] == {"train": 20, "test": 5}
+
+    out = tmp_path / "out"
+    outputs = SplitOutputs(*(out / n for n in ("t.parquet", "v.parquet", "te.parquet", "d.csv", "d.json")))
+    cfg = hf_cfg(str(folder), colunas=COLUNAS)
+    # like local files: the dataset's test split is used as it is, and without a validation split in the
+    # dataset none is carved when a test split exists
+    report = run_dataset_split(cfg, DIVISAO, outputs)
+    assert report["contagens"] == {"treino": 20, "validacao": 0, "teste": 5, "total": 25}
+    assert report["hf_dataset"]["nome"] == str(folder)
+    assert json.loads((out / "d.json").read_text())["hf_dataset"]["fingerprints"]["train"]
+    assert pq.read_table(out / "te.parquet").column("id").to_pylist() == [f"q{i}" for i in range(20, 25)]
+
+    # only a train split: test and validation are carved from it with pastas.divisao.proporcao
+    for shard in (folder / "data").glob("test-*"):
+        shard.unlink()
+    report = run_dataset_split(hf_cfg(str(folder), colunas=COLUNAS), DIVISAO, outputs)
+    assert report["contagens"] == {"treino": 14, "validacao": 2, "teste": 4, "total": 20}
+    assert report["origem"] == "dataset (teste recortado do treino)"
+
+
+def test_hf_save_to_disk_folder_and_custom_split_names(tmp_path, hf_env):
+    import datasets
+
+    from afinar.datasets_io import load_hf_sources
+
+    rows = qa_rows(0, 12)
+    dd = datasets.DatasetDict(
+        {
+            "tr": datasets.Dataset.from_list(rows[:8]),
+            "dev": datasets.Dataset.from_list(rows[8:10]),
+            "ev": datasets.Dataset.from_list(rows[10:]),
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "saved"))
+    splits = {"treino": "tr", "validacao": "dev", "teste": "ev"}
+    sources, prov = load_hf_sources(hf_cfg(str(tmp_path / "saved"), hf_splits=splits, colunas=COLUNAS))
+    assert [len(sources[r]) for r in ("treino", "validacao", "teste")] == [8, 2, 2]
+    assert prov["carregado_com"] == "load_from_disk" and prov["usados"] == splits
+    # a split name the user chose that the dataset lacks is a typo, not something to carve
+    with pytest.raises(AfinarError, match=r"hf_splits.teste: .* has no split 'eval' \(splits: dev, ev, tr\)"):
+        load_hf_sources(
+            hf_cfg(str(tmp_path / "saved"), hf_splits={**splits, "teste": "eval"}, colunas=COLUNAS)
+        )
+
+
+def test_hf_offline_and_not_cached_is_one_line(hf_env):
+    from afinar.datasets_io import load_sources
+
+    with pytest.raises(AfinarError) as err:
+        load_sources(hf_cfg("someorg/a-dataset-that-is-not-cached"))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "must already be in the local cache or a local folder (save_to_disk" in msg
+
+
+def test_hf_missing_folder_and_bad_column_mapping(tmp_path, hf_env):
+    from afinar.datasets_io import load_hf_sources
+
+    with pytest.raises(AfinarError, match="folder ./nao/existe not found"):
+        load_hf_sources(hf_cfg("./nao/existe"))
+    folder = parquet_shards(tmp_path / "shards")
+    bad = {"uid": "id", "questao": "prompt", "resposta": "completion"}
+    with pytest.raises(AfinarError) as err:
+        load_hf_sources(hf_cfg(str(folder), colunas=bad), cache_dir=hf_env)
+    assert "dataset.colunas: column 'questao' is not in" in str(err.value)
+    assert "(columns: pergunta, resposta, uid)" in str(err.value)
+    # without a mapping, the columns found are named too
+    with pytest.raises(AfinarError, match="found: pergunta, resposta, uid"):
+        load_hf_sources(hf_cfg(str(folder)), cache_dir=hf_env)
+
+
+def test_colunas_apply_to_local_files_too(tmp_path):
+    path = write(tmp_path / "d.jsonl", qa_rows(0, 3), "lines")
+    cfg = dataset(train_file=path)
+    cfg["colunas"] = COLUNAS
+    assert load_sources(cfg)["treino"].ids == ["q0", "q1", "q2"]

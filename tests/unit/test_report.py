@@ -160,3 +160,52 @@ def test_text_helpers() -> None:
     assert len(clipped) < 1000 and "4,100 characters omitted" in clipped
     assert report.show_examples(ENCRYPTED, {"mostrar_exemplos": None}) is False
     assert report.show_examples(PLAIN, {"mostrar_exemplos": False}) is False
+
+
+def test_data_section_shows_the_token_filter_and_the_hf_dataset(run: dict[str, Path], tmp_path: Path) -> None:
+    filtro = tmp_path / "filtro.json"
+    dropped = [f"doc{i:03d}" for i in range(12)]
+    filtro.write_text(
+        json.dumps(
+            {
+                "max_tokens": 512,
+                "acao": "descartar",
+                "aplicado_em": ["treino", "validacao"],
+                "splits": {
+                    "treino": {"total": 28, "mantidos": 16, "descartados": dropped, "truncados": []},
+                    "validacao": {"total": 6, "mantidos": 6, "descartados": [], "truncados": []},
+                    "teste": {"total": 8, "mantidos": 7, "descartados": ["doc040"], "truncados": []},
+                },
+            }
+        )
+    )
+    divisao = json.loads(run["divisao"].read_text())
+    divisao["hf_dataset"] = {
+        "nome": "org/dados",
+        "config": "default",
+        "revisao_pedida": "v1.0",
+        "revisao_resolvida": "abc123",
+        "versao": "0.0.0",
+        "carregado_com": "load_dataset",
+        "fingerprints": {"train": "f00d"},
+        "usados": {"treino": "train"},
+    }
+    hf_divisao = tmp_path / "divisao.json"
+    hf_divisao.write_text(json.dumps(divisao))
+    _, text = write(
+        run,
+        tmp_path,
+        PLAIN,
+        {"mostrar_exemplos": None, "n_exemplos": 0},
+        filtro_tokens=filtro,
+        divisao=hf_divisao,
+    )
+    assert "longer than 512 tokens" in text
+    row = next(line for line in text.splitlines() if line.startswith("| train | 28 | 16 | 12 | 0 |"))
+    assert "`doc009`" in row and "`doc010`" not in row and row.endswith("… |  |")  # first 10 ids
+    assert "| test (not filtered) | 8 | 7 | 1 | 0 | `doc040` |" in text
+    assert "**Hugging Face dataset** `org/dados`, config `default`" in text
+    assert "requested: `v1.0`; resolved: `abc123`" in text and "treino ← `train` (fingerprint `f00d`)" in text
+    # without the file the section is simply absent
+    _, text = write(run, tmp_path, PLAIN, {"mostrar_exemplos": None, "n_exemplos": 0})
+    assert "Token filter" not in text and "Hugging Face dataset" not in text

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from afinar import chat
+from afinar import chat, models
 from afinar.callbacks import StopAfterSteps
 from afinar.errors import AfinarError
 from afinar.io import read_jsonl
@@ -218,3 +218,31 @@ def test_early_stopping_without_saved_checkpoints(tiny_model_dir, task_splits):
     assert 4 <= summary["global_step"] < 30
     evals = [r for r in read_jsonl(paths.training_metrics) if r["event"] == "evaluate"]
     assert len(evals) >= 2
+
+
+def test_training_applies_the_filter_tokens_decisions(tiny_model_dir, task_splits):
+    """The rule's file decides: its dropped ids are left out even if they fit, truncated ones are cut."""
+    from afinar import token_filter
+
+    paths = paths_for(task_splits, "filtro")
+    exp = experiment(tiny_model_dir, max_steps=1, save_checkpoints=False, eval_steps=0)
+    exp["treinamento"]["filtro_tokens"] = {"max_tokens": 200, "acao": "descartar"}
+    decision = {
+        "treino": {"total": 48, "mantidos": 45, "descartados": ["0", "1", "2"], "truncados": []},
+        "validacao": {"total": 8, "mantidos": 7, "descartados": ["5"], "truncados": []},
+    }
+    paths.token_filter.parent.mkdir(parents=True)
+    paths.token_filter.write_text(json.dumps({"max_tokens": 200, "acao": "descartar", "splits": decision}))
+    summary = train(exp, paths)
+    assert summary["ds_train_len"] == 45 and summary["ds_eval_len"] == 7
+    assert summary["tokens_treino"]["descartados_longos"] == 3 and summary["tokens_treino"]["registros"] == 48
+
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    _, rows = token_filter.read_split_records(task_splits["treino"])
+    kept = sum(token_filter.conversation_length(tok, m) for m in rows[3:])
+    assert summary["tokens_treino"]["tokens"] == kept  # exactly the kept records were tokenized
+
+    # a report made for other settings is refused before training
+    exp["treinamento"]["filtro_tokens"] = {"max_tokens": 100, "acao": "descartar"}
+    with pytest.raises(AfinarError, match="rerun filter_tokens"):
+        train(exp, paths)
