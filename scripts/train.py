@@ -1,5 +1,6 @@
 """Rule `train`: split parquets → results/{exp}/adapter/ + metric files (see afinar.training)."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,10 @@ def main(smk) -> None:
     from afinar.gpu_slots import claim_gpu
 
     slot = claim_gpu(timeout_s=600)
+    # Which GPUs this job sees (set by the slot above, the user, or SLURM's --gpus): one line in the log.
+    logging.getLogger("afinar.train").info(
+        "CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    )
     from afinar.training import TrainPaths, train
 
     out = smk.output
