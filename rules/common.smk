@@ -34,9 +34,24 @@ def _check_profile():
         fail(str(exc))
 
 
+def _check_gpu_resources():
+    """`--resources gpu=0` with a GPU-only backend would scale the job's request down and fail late:
+    say so before any job runs instead."""
+    gpu = workflow.global_resources.get("gpu")
+    gpu = getattr(gpu, "value", gpu)
+    if gpu is not None and int(gpu) == 0:
+        for name, exp in EXPS.items():
+            if exp["treinamento"]["backend"] == "unsloth":
+                fail(
+                    f"experiment {name}: treinamento.backend: unsloth needs a GPU but snakemake was given "
+                    "--resources gpu=0 — give it one (--resources gpu=1) or set treinamento.backend: transformers"
+                )
+
+
 CFG = _load()
 _check_profile()
 EXPS = experiments(CFG)
+_check_gpu_resources()
 DATA = "results/data"
 SPLITS = ["treino", "validacao", "teste"]
 DATASET_MODE = CFG["formatos"]["tipo_entrada"] == "dataset"

@@ -124,3 +124,15 @@ def test_bad_config_is_one_line_before_any_job(workflow_copy: Path, edit, expect
     assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (workflow_copy / "results").exists()
+
+
+def test_gpu_only_backend_with_no_gpu_resources_is_one_line(workflow_copy: Path) -> None:
+    cfg = _config(workflow_copy)
+    cfg["treinamento"]["backend"] = "unsloth"
+    proc = run_snakemake(
+        workflow_copy, "-n", "--resources", "gpu=0", f"--configfile={_write(workflow_copy, cfg)}"
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("afinar: error:")]
+    assert len(errors) == 1 and "gpu=0" in errors[0] and "unsloth" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
