@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from afinar.crypto import read_dotenv
 from afinar.errors import AfinarError
 
 log = logging.getLogger("afinar.config")
@@ -245,7 +246,7 @@ def check_env(cfg: dict, dotenv: str | Path = ".env") -> list[str]:
     name = cfg["misc"]["env_chave_criptografia"]
     if not name:
         return []
-    value = os.environ.get(name) or _dotenv_value(Path(dotenv), name)
+    value = os.environ.get(name) or read_dotenv(dotenv).get(name, "")
     if not value:
         return [
             f"misc.env_chave_criptografia: environment variable {name} is not set (nor in {dotenv}) — "
@@ -1005,20 +1006,6 @@ def _reroot(cfg: dict, base: Path) -> None:
         if value and not Path(value).is_absolute():
             parent = _get(cfg, keys[:-1])
             parent[keys[-1]] = str(base / value)
-
-
-def _dotenv_value(path: Path, name: str) -> str:
-    """Value of NAME in a .env file (KEY=VALUE lines, optional quotes/export), "" if absent; never logged."""
-    if not path.is_file():
-        return ""
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        if key.strip() == name:
-            return value.strip().strip("'\"")
-    return ""
 
 
 def _kind(value: Any) -> str:
