@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -74,6 +75,27 @@ class TrainPaths:
 # ---------------------------------------------------------------- settings that depend on the machine
 
 
+def import_unsloth() -> None:
+    """Import Unsloth (before transformers/TRL, which it patches) with Afinar's measured settings.
+
+    Unsloth's per-layer ``torch.compile`` blocks are off unless the user sets ``UNSLOTH_BLOCK_COMPILE``:
+    with batches of varying length they recompiled on new shapes, checked guards on every layer call and
+    held more memory; without them the H100 benchmark ran 1.2x faster at 0.89x the peak memory."""
+    os.environ.setdefault("UNSLOTH_BLOCK_COMPILE", "0")
+    import unsloth  # noqa: F401
+
+
+def use_flash_attention_kernels() -> None:
+    """Keep torch's SDPA off cuDNN during training (flash / memory-efficient kernels instead).
+
+    cuDNN's attention builds an execution plan per new shape on the host, about 1 ms per call with
+    length-varying batches: a fifth of a 1B model's step on an H100 (docs/benchmarks.md)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def choose_backend(requested: str, cuda: bool) -> str:
     """``auto`` → Unsloth where CUDA is present and it imports, else transformers."""
     requested = (requested or "auto").lower()
@@ -82,8 +104,7 @@ def choose_backend(requested: str, cuda: bool) -> str:
     unsloth_ok, why = False, "it is not installed"
     if cuda and importlib.util.find_spec("unsloth") is not None:
         try:
-            import unsloth  # noqa: F401  (must be imported before transformers/trl to patch them)
-
+            import_unsloth()
             unsloth_ok = True
         except Exception as exc:  # unsloth raises many kinds of errors on import
             why = f"it does not import ({models._short(exc)})"
@@ -145,18 +166,63 @@ def choose_optim(optim: str, cuda: bool) -> str:
     return optim
 
 
-def padding_free_option(value: Any) -> dict[str, bool]:
+def padding_free_option(value: Any, packing: bool = False) -> dict[str, bool]:
     """``treinamento.padding_free`` as SFTConfig keyword arguments.
 
     ``true`` = every micro-batch flattened into one row with per-example position ids (no pad tokens);
     ``false`` = padded rows (with right padding Unsloth drops the mask during training, so attention stays
-    on the fast causal kernel and its compiled per-layer blocks run); ``auto``/null (default) = nothing is
-    passed, so the backend decides (Unsloth chooses per GPU, TRL pads). Packing is always padding-free."""
+    on the fast causal kernel). ``auto``/null (default) = padded rows: on an H100 with torch 2.11 they ran
+    1.5-2x faster than Unsloth's padding-free choice, which falls back to per-sequence attention there
+    (docs/benchmarks.md). With packing nothing is passed: packed rows are always padding-free."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return {}
+        return {} if packing else {"padding_free": False}
     if isinstance(value, bool):
         return {"padding_free": value}
     raise AfinarError(f"treinamento.padding_free: {value!r} must be true, false or auto")
+
+
+# Padded GPU batches are rounded up to this many tokens when ``pad_to_multiple_of`` is null: with
+# length-grouped batches every step otherwise has a new shape, and the per-shape work on the host
+# (kernel selection, attention plans) dominated the steps of a 1B model (docs/benchmarks.md).
+GPU_PAD_MULTIPLE = 64
+
+
+def pad_multiple_option(value: Any, padding: dict[str, bool], packing: bool, cuda: bool) -> dict[str, int]:
+    """``treinamento.pad_to_multiple_of`` as SFTConfig keyword arguments (only for padded batches)."""
+    if packing or padding.get("padding_free", False):
+        return {}
+    if value is None:
+        return {"pad_to_multiple_of": GPU_PAD_MULTIPLE} if cuda else {}
+    return {"pad_to_multiple_of": int(value)} if int(value) > 1 else {}
+
+
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml"}
+
+
+def tracker_settings(value: Any) -> list[str]:
+    """``treinamento.report_to`` as a list; a tracker that is not installed is one clear line (checked
+    before the model loads: transformers would fail mid-setup)."""
+    report_to = [value] if isinstance(value, str) else list(value or [])
+    report_to = [r for r in report_to if r and r != "none"]
+    for name in report_to:
+        module = TRACKER_MODULES.get(name, name)
+        if importlib.util.find_spec(module) is None:
+            raise AfinarError(
+                f"treinamento.report_to: {name} is not installed in this environment — "
+                f"pip install {module} (wandb offline: WANDB_MODE=offline) or remove it from report_to"
+            )
+    return report_to
+
+
+def tensorboard_callback(exp_dir: Path) -> Any:
+    """TensorBoard logs in ``results/{exp}/tensorboard/`` (``tensorboard --logdir results``): outside the
+    checkpoints folder that ``limpar_checkpoints`` removes; ``TENSORBOARD_LOGGING_DIR`` overrides it."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    log_dir = os.environ.get("TENSORBOARD_LOGGING_DIR") or str(exp_dir / "tensorboard")
+    log.info("TensorBoard logs: %s", log_dir)
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=log_dir))
 
 
 def resolve_steps(eval_steps: Any, total_steps: int) -> int:
@@ -398,6 +464,8 @@ def train(
     check_trl_on_cpu(cuda)
     nbits = int(tr.get("nbits") or 16)
     models.check_quantization(nbits, cuda)
+    if cuda:
+        use_flash_attention_kernels()
     precision = choose_precision(tr.get("precisao", "auto"), cuda)
     dtype = torch_dtype(precision)
     source = models.resolve_model_source(str(modelo["base"]))
@@ -408,6 +476,7 @@ def train(
         models.resolve_model_source(continuar_de, key="treinamento.continuar_de")
         models.check_adapter_matches_base(continuar_de, str(modelo["base"]))
     masking = bool(tr.get("train_on_responses_only", True))
+    report_to = tracker_settings(tr.get("report_to"))
     log.info(
         "backend %s, precision %s, %s-bit, device %s", backend, precision, nbits, "cuda" if cuda else "cpu"
     )
@@ -493,11 +562,9 @@ def train(
         )
     save_every = eval_every or max(1, min(50, total_steps // 5 or 1))
     load_best = bool(save and do_eval)  # B10: best-model reloading only where checkpoints are saved
-    report_to = tr.get("report_to") or []
-    if isinstance(report_to, str):
-        report_to = [report_to]
 
-    padding = padding_free_option(tr.get("padding_free"))
+    padding = padding_free_option(tr.get("padding_free"), packing)
+    padding.update(pad_multiple_option(tr.get("pad_to_multiple_of"), padding, packing, cuda))
     # rows are already within max_len (tokenize_split); TRL refuses max_length on padding-free unpacked rows
     sft_max_length = None if padding.get("padding_free") and not packing else max_len
 
@@ -529,14 +596,14 @@ def train(
         load_best_model_at_end=load_best,
         metric_for_best_model="eval_loss" if load_best else None,
         greater_is_better=False if load_best else None,
-        report_to=list(report_to) or "none",
+        report_to=[r for r in report_to if r != "tensorboard"] or "none",
         gradient_checkpointing=bool(tr.get("gradient_checkpointing", False)) and backend == "transformers",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         max_length=sft_max_length,
         packing=packing,
         **padding,
         train_sampling_strategy="group_by_length"
-        if tr.get("agrupar_por_tamanho", False) and not packing
+        if tr.get("agrupar_por_tamanho", True) and not packing
         else "random",
         dataset_num_proc=None,
         dataloader_num_workers=0,
@@ -544,6 +611,8 @@ def train(
         disable_tqdm=True,
     )
     callbacks: list[Any] = list(extra_callbacks)
+    if "tensorboard" in report_to:
+        callbacks.append(tensorboard_callback(paths.adapter.parent))
     if paciencia and do_eval:
         from transformers import EarlyStoppingCallback
 

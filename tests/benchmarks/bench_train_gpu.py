@@ -16,6 +16,7 @@ peak GPU memory (max reserved, GB) and MFU = 6 x parameters x tokens/s / the GPU
     export PYTHONPATH=/tmp/site:$PWD/scripts HF_HUB_OFFLINE=1
     python tests/benchmarks/bench_train_gpu.py --out $OUT/bench.json      # default variants, < 9 min on H100
     python tests/benchmarks/bench_train_gpu.py --variants baseline-bf16,ours-bf16 --steps 40
+    python tests/benchmarks/bench_train_gpu.py --variants ours-bf16 --profile ours-bf16   # where a step goes
     .venv/bin/python tests/benchmarks/bench_train_gpu.py --cpu-smoke       # plumbing check: tiny model, CPU
 
 Our variants (``OURS``) differ only in the ``treinamento`` keys they set; ``ours-4bit`` and ``ours-bf16*``
@@ -46,36 +47,30 @@ WORDS = (
 ).split()
 TARGETS = {"bf16": {"tokens_per_s_x": 2.5, "peak_memory_x": 0.8}, "4bit": {"peak_memory_x": 0.6}}
 
-# Our train path: the treinamento keys each variant sets on top of ``ours_config`` (batch 8 unless said).
-#   padding_free False = padded batches (Unsloth drops the mask of right-padded rows during training, so
-#   attention stays on the fast causal kernel, and its per-layer compiled blocks run); None = the backend
-#   decides (Unsloth on H100: padding-free, per-sequence attention, no block compile).
+# Our train path: the treinamento keys each variant sets on top of ``ours_config`` (the train rule's
+# defaults, batch 8 unless said); "env" is set for the variant's process only.
 OURS: dict[str, dict] = {
-    "ours-bf16": {"nbits": 0, "agrupar_por_tamanho": True, "padding_free": False},
-    "ours-bf16-bs16": {"nbits": 0, "agrupar_por_tamanho": True, "padding_free": False, "batch_size": 16},
-    "ours-4bit": {"nbits": 4, "agrupar_por_tamanho": True, "padding_free": None},
-    "ours-bf16-padfree": {"nbits": 0, "agrupar_por_tamanho": True, "padding_free": None},
-    "ours-bf16-padfree-bs16": {
-        "nbits": 0,
-        "agrupar_por_tamanho": True,
-        "padding_free": None,
-        "batch_size": 16,
-    },
-    "ours-bf16-bs12": {"nbits": 0, "agrupar_por_tamanho": True, "padding_free": False, "batch_size": 12},
-    "ours-bf16-packing": {"nbits": 0, "packing": True, "padding_free": None},
-    "ours-bf16-random": {"nbits": 0, "agrupar_por_tamanho": False, "padding_free": False},
+    "ours-bf16": {"nbits": 0},  # the defaults: length-grouped padded batches rounded to 64 tokens
+    "ours-bf16-bs16": {"nbits": 0, "batch_size": 16},
+    "ours-4bit": {"nbits": 4},
+    "ours-bf16-padfree": {"nbits": 0, "padding_free": True},
+    "ours-bf16-packing": {"nbits": 0, "packing": True},
+    "ours-bf16-random": {"nbits": 0, "agrupar_por_tamanho": False},
+    "ours-bf16-pad1": {"nbits": 0, "pad_to_multiple_of": 1},  # no rounding: a new shape every step
+    "ours-bf16-blockcompile": {"nbits": 0, "env": {"UNSLOTH_BLOCK_COMPILE": "1"}},  # Unsloth's own default
 }
 BASELINES = ("baseline-bf16", "baseline-4bit")
 # Order matters: under the time budget the last ones are the first to be skipped.
 DEFAULT_VARIANTS = [
     "baseline-bf16",
     "ours-bf16",
-    "ours-bf16-bs16",
     "baseline-4bit",
     "ours-4bit",
-    "ours-bf16-padfree",
-    "ours-bf16-packing",
+    "ours-bf16-bs16",
+    "ours-bf16-pad1",
+    "ours-bf16-blockcompile",
 ]
+PROFILED_STEPS = 3  # --profile: torch.profiler over this many steps after the measured ones
 SMOKE_VARIANTS = ["baseline-bf16", "ours-bf16", "ours-bf16-packing"]
 
 
@@ -193,7 +188,7 @@ def real_tokens(inputs: dict) -> int:
     return int(ids.numel()) if ids is not None else 0
 
 
-def throughput_callback(warmup: int):
+def throughput_callback(warmup: int, last: int | None = None):
     """Tokens and wall time per optimizer step, identical for our path and the baseline.
 
     Why not TRL's logged ``num_tokens``: Unsloth replaces ``SFTTrainer.compute_loss`` (which is where TRL
@@ -267,7 +262,7 @@ def throughput_callback(warmup: int):
             return sum(self.batch_tokens[:n]) if len(self.batch_tokens) >= n else None
 
         def result(self) -> dict:
-            pts = [p for p in self.points if p[0] >= warmup]
+            pts = [p for p in self.points if p[0] >= warmup and (last is None or p[0] <= last)]
             diag = {
                 "steps_seen": max((p[0] for p in self.points), default=0),
                 "forwards": self.forwards,
@@ -298,6 +293,60 @@ def throughput_callback(warmup: int):
             }
 
     return Throughput()
+
+
+def step_profiler(start: int, n: int):
+    """torch.profiler over ``n`` optimizer steps from ``start``: where a step's time goes.
+
+    Reports the wall time per step, the GPU kernel time per step (the sum of every kernel's own time, so
+    wall minus kernels is GPU idle time: launch overhead, host work, synchronisation), the number of kernel
+    launches per step, and the top operators by GPU and by CPU time."""
+    import torch
+    from torch.autograd import DeviceType
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self):
+            self.prof = None
+            self.t0 = 0.0
+            self.summary: dict = {}
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.prof is None and not self.summary and state.global_step == start:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                    torch.cuda.synchronize()
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is None or state.global_step < start + n:
+                return
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            kernels = [e for e in self.prof.events() if e.device_type == DeviceType.CUDA]
+            averages = self.prof.key_averages()
+            kernel_us = sum(e.self_device_time_total for e in kernels)
+            self.summary = {
+                "steps": n,
+                "wall_ms_per_step": round(1000 * wall / n, 1),
+                "gpu_kernel_ms_per_step": round(kernel_us / 1000 / n, 1),
+                "gpu_busy_%": round(100 * kernel_us / 1e6 / wall, 1),
+                "kernels_per_step": round(len(kernels) / n),
+                "top_gpu": averages.table(
+                    sort_by="self_device_time_total", row_limit=25, max_name_column_width=70
+                ),
+                "top_cpu": averages.table(
+                    sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70
+                ),
+            }
+            self.prof = None
+
+    return StepProfiler()
 
 
 def device_info(smoke: bool) -> dict:
@@ -343,8 +392,9 @@ def ours_config(prep: dict, settings: dict, steps: int, batch: int, smoke: bool)
         "gradient_checkpointing": True,
         "max_steps": steps,
         "filtro_tokens": {},
-        "agrupar_por_tamanho": False,
+        "agrupar_por_tamanho": True,
         "padding_free": None,
+        "pad_to_multiple_of": None,
         **settings,
     }
     lora = {
@@ -356,12 +406,16 @@ def ours_config(prep: dict, settings: dict, steps: int, batch: int, smoke: bool)
     return {"modelo": {"base": prep["model"], "saida": ""}, "treinamento": tr, "lora": lora}
 
 
-def run_ours(prep: dict, variant: str, steps: int, batch: int, warmup: int, smoke: bool) -> dict:
+def run_ours(
+    prep: dict, variant: str, steps: int, batch: int, warmup: int, smoke: bool, profile: bool = False
+) -> dict:
+    from afinar.training import TrainPaths, import_unsloth, train
+
     if not smoke:
-        import unsloth  # noqa: F401  (before transformers/trl, so that they are patched)
-    from afinar.training import TrainPaths, train
+        import_unsloth()  # before transformers/trl (patched on import), with the train rule's settings
 
     settings = dict(OURS[variant])
+    settings.pop("env", None)  # applied to the process by run_variant
     batch = int(settings.pop("batch_size", batch))
     work = Path(prep["data"]).parent / f"run-{variant}"
     paths = TrainPaths.for_experiment(work, "bench")
@@ -371,19 +425,29 @@ def run_ours(prep: dict, variant: str, steps: int, batch: int, warmup: int, smok
         if target.is_symlink() or target.exists():
             target.unlink()
         os.symlink(Path(prep["data"]) / f"{name}.parquet", target)
-    timing = throughput_callback(warmup)
-    exp = ours_config(prep, settings, steps, batch, smoke)
-    summary = train(exp, paths, extra_callbacks=[timing], threads=2 if smoke else None)
+    # profiled steps come after the measured ones, so that the profiler's overhead is not timed
+    timing = throughput_callback(warmup, last=steps)
+    callbacks = [timing]
+    if profile:
+        callbacks.append(step_profiler(steps, PROFILED_STEPS))
+    exp = ours_config(prep, settings, steps + (PROFILED_STEPS if profile else 0), batch, smoke)
+    summary = train(exp, paths, extra_callbacks=callbacks, threads=2 if smoke else None)
     return {
         **timing.result(),
+        **({"profile": callbacks[1].summary} if profile else {}),
         "batch": batch,
-        "settings": {k: exp["treinamento"][k] for k in ("agrupar_por_tamanho", "packing", "padding_free")},
+        "settings": {
+            k: exp["treinamento"][k]
+            for k in ("agrupar_por_tamanho", "packing", "padding_free", "pad_to_multiple_of")
+        },
         "masked": summary["fracao_mascarada"],
         "global_step": summary.get("global_step"),
     }
 
 
-def run_baseline(prep: dict, variant: str, steps: int, batch: int, warmup: int, smoke: bool) -> dict:
+def run_baseline(
+    prep: dict, variant: str, steps: int, batch: int, warmup: int, smoke: bool, profile: bool = False
+) -> dict:
     """The plain script a user would write (kept deliberately ordinary)."""
     import pandas as pd
     import torch
@@ -426,7 +490,7 @@ def run_baseline(prep: dict, variant: str, steps: int, batch: int, warmup: int, 
     args = SFTConfig(
         output_dir=str(Path(prep["data"]).parent / f"run-{variant}"),
         per_device_train_batch_size=batch,
-        max_steps=steps,
+        max_steps=steps + (PROFILED_STEPS if profile else 0),
         learning_rate=2e-4,
         warmup_steps=5,
         logging_steps=1,
@@ -441,10 +505,11 @@ def run_baseline(prep: dict, variant: str, steps: int, batch: int, warmup: int, 
         use_cpu=smoke,
         disable_tqdm=True,
     )
-    timing = throughput_callback(warmup)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timing])
+    timing = throughput_callback(warmup, last=steps)
+    callbacks = [timing, step_profiler(steps, PROFILED_STEPS)] if profile else [timing]
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=callbacks)
     trainer.train()
-    return {**timing.result(), "batch": batch}
+    return {**timing.result(), **({"profile": callbacks[1].summary} if profile else {}), "batch": batch}
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -458,7 +523,7 @@ def child(args) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     runner = run_ours if args.child in OURS else run_baseline
-    result = runner(prep, args.child, args.steps, args.batch, args.warmup, args.cpu_smoke)
+    result = runner(prep, args.child, args.steps, args.batch, args.warmup, args.cpu_smoke, args.profile_child)
     result.update(device_info(args.cpu_smoke))
     result["params"] = prep["params"]
     if cuda:
@@ -490,7 +555,11 @@ def run_variant(variant: str, args, prep_file: Path, timeout: float) -> dict:
         "--batch",
         str(args.batch),
     ]
+    if variant in args.profile.split(","):
+        cmd.append("--profile-child")
     env = dict(os.environ)
+    env.update(OURS.get(variant, {}).get("env", {}))
+    env.setdefault("CUDA_VISIBLE_DEVICES", "0")  # one GPU (TRL refuses the DataParallel of several)
     if args.cpu_smoke:
         cmd.append("--cpu-smoke")
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -569,7 +638,11 @@ def main() -> None:
         action="store_true",
         help="plumbing check on CPU: tiny model, 3 steps, transformers backend, no Unsloth",
     )
+    ap.add_argument(
+        "--profile", default="", help="comma-separated variants to profile (torch.profiler, 3 steps)"
+    )
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prep", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -609,7 +682,16 @@ def main() -> None:
         "results": results,
         "ratios": rat,
     }
-    print(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2))
+    for r in results:
+        prof = r.get("profile")
+        if prof:
+            print(
+                f"\n=== profile of {r['variant']}: "
+                + json.dumps({k: v for k, v in prof.items() if not k.startswith("top")})
+            )
+            print(prof["top_gpu"])
+            print(prof["top_cpu"])
     print(table(results, rat))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))

@@ -13,7 +13,16 @@ from afinar import chat, models
 from afinar.callbacks import StopAfterSteps
 from afinar.errors import AfinarError
 from afinar.io import read_jsonl
-from afinar.training import TrainPaths, choose_optim, choose_precision, resolve_steps, train
+from afinar.training import (
+    GPU_PAD_MULTIPLE,
+    TrainPaths,
+    choose_optim,
+    choose_precision,
+    pad_multiple_option,
+    padding_free_option,
+    resolve_steps,
+    train,
+)
 
 BASE_TREINAMENTO = {
     "backend": "auto",
@@ -201,6 +210,50 @@ def test_settings_resolution():
         choose_precision("fp16", cuda=False)
 
 
+def test_batch_shape_settings():
+    # null padding_free = padded rows (measured faster on an H100); packing is always padding-free
+    assert padding_free_option(None) == {"padding_free": False}
+    assert padding_free_option("auto", packing=True) == {}
+    assert padding_free_option(True) == {"padding_free": True}
+    with pytest.raises(AfinarError, match="padding_free"):
+        padding_free_option("sometimes")
+    padded = {"padding_free": False}
+    assert pad_multiple_option(None, padded, packing=False, cuda=True) == {
+        "pad_to_multiple_of": GPU_PAD_MULTIPLE
+    }
+    assert pad_multiple_option(None, padded, packing=False, cuda=False) == {}
+    assert pad_multiple_option(1, padded, packing=False, cuda=True) == {}
+    assert pad_multiple_option(32, padded, packing=False, cuda=False) == {"pad_to_multiple_of": 32}
+    assert pad_multiple_option(32, {"padding_free": True}, packing=False, cuda=True) == {}
+    assert pad_multiple_option(32, {}, packing=True, cuda=True) == {}
+
+
+class _BatchWidths:
+    """Records the width of every training micro-batch the model is given (a forward pre-hook)."""
+
+    def __init__(self):
+        self.widths: list[int] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def hook(module, args_, kwargs_):
+            if module.training:
+                self.widths.append(int(kwargs_["input_ids"].shape[1]))
+
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+def test_padded_batches_are_rounded_to_pad_to_multiple_of(tiny_model_dir, task_splits):
+    widths = _BatchWidths()
+    exp = experiment(tiny_model_dir, pad_to_multiple_of=24, max_steps=4, eval_steps=0, save_checkpoints=False)
+    train(exp, paths_for(task_splits, "pad24"), extra_callbacks=[widths], threads=2)
+    assert len(widths.widths) == 4 and all(w % 24 == 0 for w in widths.widths), widths.widths
+
+
 def test_early_stopping_without_saved_checkpoints(tiny_model_dir, task_splits):
     """paciencia with save_checkpoints: false must not crash (B10) and must stop early."""
     exp = experiment(
@@ -246,3 +299,23 @@ def test_training_applies_the_filter_tokens_decisions(tiny_model_dir, task_split
     exp["treinamento"]["filtro_tokens"] = {"max_tokens": 100, "acao": "descartar"}
     with pytest.raises(AfinarError, match="rerun filter_tokens"):
         train(exp, paths)
+
+
+def test_tensorboard_logs_and_a_missing_tracker(tiny_model_dir, task_splits):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    paths = paths_for(task_splits, "tb")
+    exp = experiment(
+        tiny_model_dir, report_to=["tensorboard"], max_steps=3, eval_steps=0, save_checkpoints=False
+    )
+    train(exp, paths, threads=2)
+    runs = list((paths.adapter.parent / "tensorboard").glob("events.out.tfevents.*"))
+    assert runs, "no TensorBoard event file in results/{exp}/tensorboard"
+    events = EventAccumulator(str(runs[0].parent))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 3
+
+    paths = paths_for(task_splits, "wandb")
+    with pytest.raises(AfinarError, match="report_to: wandb is not installed"):
+        train(experiment(tiny_model_dir, report_to=["wandb"]), paths)
+    assert not paths.adapter.exists()
