@@ -187,12 +187,24 @@ def padding_free_option(value: Any, packing: bool = False) -> dict[str, bool]:
 GPU_PAD_MULTIPLE = 64
 
 
-def pad_multiple_option(value: Any, padding: dict[str, bool], packing: bool, cuda: bool) -> dict[str, int]:
-    """``treinamento.pad_to_multiple_of`` as SFTConfig keyword arguments (only for padded batches)."""
+def pad_multiple_option(
+    value: Any,
+    padding: dict[str, bool],
+    packing: bool,
+    cuda: bool,
+    max_len: int = 0,
+    model_limit: int | None = None,
+) -> dict[str, int]:
+    """``treinamento.pad_to_multiple_of`` as SFTConfig keyword arguments (only for padded batches).
+
+    The automatic rounding (null, on a GPU) is skipped where rounding ``max_len`` up would pass the
+    model's position limit."""
     if packing or padding.get("padding_free", False):
         return {}
     if value is None:
-        return {"pad_to_multiple_of": GPU_PAD_MULTIPLE} if cuda else {}
+        rounded = -(-max_len // GPU_PAD_MULTIPLE) * GPU_PAD_MULTIPLE
+        fits = model_limit is None or rounded <= model_limit
+        return {"pad_to_multiple_of": GPU_PAD_MULTIPLE} if cuda and fits else {}
     return {"pad_to_multiple_of": int(value)} if int(value) > 1 else {}
 
 
@@ -470,7 +482,8 @@ def train(
     dtype = torch_dtype(precision)
     source = models.resolve_model_source(str(modelo["base"]))
     max_len = int(tr["max_seq_length"])
-    models.check_max_seq_length(max_len, models.read_model_config(source), source)
+    model_config = models.read_model_config(source)
+    models.check_max_seq_length(max_len, model_config, source)
     continuar_de = str(tr.get("continuar_de") or "")
     if continuar_de:
         models.resolve_model_source(continuar_de, key="treinamento.continuar_de")
@@ -564,7 +577,16 @@ def train(
     load_best = bool(save and do_eval)  # B10: best-model reloading only where checkpoints are saved
 
     padding = padding_free_option(tr.get("padding_free"), packing)
-    padding.update(pad_multiple_option(tr.get("pad_to_multiple_of"), padding, packing, cuda))
+    padding.update(
+        pad_multiple_option(
+            tr.get("pad_to_multiple_of"),
+            padding,
+            packing,
+            cuda,
+            max_len,
+            models.model_max_length(model_config),
+        )
+    )
     # rows are already within max_len (tokenize_split); TRL refuses max_length on padding-free unpacked rows
     sft_max_length = None if padding.get("padding_free") and not packing else max_len
 

@@ -222,6 +222,11 @@ def test_batch_shape_settings():
         "pad_to_multiple_of": GPU_PAD_MULTIPLE
     }
     assert pad_multiple_option(None, padded, packing=False, cuda=False) == {}
+    # rounding 1000 up to 1024 would pass a 1000-position model: no automatic rounding there
+    assert pad_multiple_option(None, padded, False, True, max_len=1000, model_limit=1000) == {}
+    assert pad_multiple_option(None, padded, False, True, max_len=1000, model_limit=4096) == {
+        "pad_to_multiple_of": GPU_PAD_MULTIPLE
+    }
     assert pad_multiple_option(1, padded, packing=False, cuda=True) == {}
     assert pad_multiple_option(32, padded, packing=False, cuda=False) == {"pad_to_multiple_of": 32}
     assert pad_multiple_option(32, {"padding_free": True}, packing=False, cuda=True) == {}
