@@ -86,14 +86,13 @@ def import_unsloth() -> None:
 
 
 def use_flash_attention_kernels() -> None:
-    """Keep torch's SDPA off cuDNN during training (flash / memory-efficient kernels instead).
+    """On CUDA: keep torch's SDPA off cuDNN during training (flash / memory-efficient kernels instead).
 
     cuDNN's attention builds an execution plan per new shape on the host, about 1 ms per call with
     length-varying batches: a fifth of a 1B model's step on an H100 (docs/benchmarks.md)."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def choose_backend(requested: str, cuda: bool) -> str:
@@ -208,20 +207,16 @@ def pad_multiple_option(
     return {"pad_to_multiple_of": int(value)} if int(value) > 1 else {}
 
 
-TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml"}
-
-
 def tracker_settings(value: Any) -> list[str]:
     """``treinamento.report_to`` as a list; a tracker that is not installed is one clear line (checked
     before the model loads: transformers would fail mid-setup)."""
     report_to = [value] if isinstance(value, str) else list(value or [])
     report_to = [r for r in report_to if r and r != "none"]
-    for name in report_to:
-        module = TRACKER_MODULES.get(name, name)
-        if importlib.util.find_spec(module) is None:
+    for name in report_to:  # each tracker's module has the tracker's name
+        if importlib.util.find_spec(name) is None:
             raise AfinarError(
                 f"treinamento.report_to: {name} is not installed in this environment — "
-                f"pip install {module} (wandb offline: WANDB_MODE=offline) or remove it from report_to"
+                f"pip install {name} (wandb offline: WANDB_MODE=offline) or remove it from report_to"
             )
     return report_to
 
