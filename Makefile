@@ -22,7 +22,7 @@ $(BIN)/.installed: requirements/lock-cpu.txt pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements/lock-cpu.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	# llama.cpp's GGUF converter, extracted from the pinned llama-cpp-python source package (no clone, no build)
-	$(BIN)/python -m afinar.export_gguf fetch
+	$(BIN)/python -m afinar.export.gguf fetch
 	touch $@
 
 install: $(BIN)/.installed

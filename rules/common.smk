@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from afinar.config import check_paths, experiments, load_config  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
-from afinar.profile_check import (  # noqa: E402
+from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
     check_workflow_placeholders,
 )
@@ -247,7 +247,7 @@ def compare_configs(wildcards):
 
 
 # --- helpers of rules/export.smk ------------------------------------------------------------
-from afinar.export import export_targets as _export_targets  # noqa: E402
+from afinar.export.merged import export_targets as _export_targets  # noqa: E402
 
 EXPORTACAO = CFG["exportacao"]
 

@@ -4,9 +4,9 @@
 #   split   plain pairs | dataset files   → results/data/{treino,validacao,teste}.parquet + divisao.csv/.json
 # Dataset mode (formatos.tipo_entrada: dataset) enters at split: pair and decrypt are not in its DAG.
 # Each rule's params carry exactly the config it reads, so editing training keys never reruns these.
-# The input functions live in the library (afinar.pairing / afinar.splits), where they are tested.
-from afinar.pairing import pair_input_function  # noqa: E402
-from afinar.splits import split_input_function  # noqa: E402
+# The input functions live in the library (afinar.data.pairing / afinar.data.splits), where they are tested.
+from afinar.data.pairing import pair_input_function  # noqa: E402
+from afinar.data.splits import split_input_function  # noqa: E402
 
 PAIR_ENTRADA = {
     key: CFG["pastas"]["entrada"][key]

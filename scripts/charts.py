@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from afinar.charts import CHART_NAMES, make_charts
 from afinar.errors import AfinarError, run_rule
+from afinar.report.charts import CHART_NAMES, make_charts
 
 
 def main(smk) -> None:

@@ -1,7 +1,7 @@
 """Rule compare: rank every experiment of the config in results/comparacao.md and results/comparacao.png."""
 
-from afinar.compare import ExperimentFiles, write_comparison
 from afinar.errors import run_rule
+from afinar.report.compare import ExperimentFiles, write_comparison
 
 
 def main(smk) -> None:

@@ -1,6 +1,6 @@
 """Rule `decrypt`: pairs.parquet → pairs.plain.parquet (mode 0600), with the Fernet key from the environment."""
 
-from afinar.crypto import run_decrypt
+from afinar.data.crypto import run_decrypt
 from afinar.errors import run_rule
 
 

@@ -4,7 +4,7 @@ from afinar.errors import run_rule
 
 
 def main(smk) -> None:
-    from afinar.demo_model import build_tiny_model, demo_texts, read_corpus
+    from afinar.train.demo_model import build_tiny_model, demo_texts, read_corpus
 
     build_tiny_model(smk.output[0], demo_texts(read_corpus(list(smk.input))), seed=int(smk.params.seed))
 

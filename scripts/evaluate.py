@@ -1,10 +1,10 @@
-"""Rule `evaluate`: predictions → results/{exp}/avaliacao/metricas.json + por_registro.csv (see afinar.evaluation)."""
+"""Rule `evaluate`: predictions → results/{exp}/avaliacao/metricas.json + por_registro.csv (see afinar.evaluate.evaluation)."""
 
 from afinar.errors import run_rule
 
 
 def main(smk) -> None:
-    from afinar.evaluation import run_evaluation
+    from afinar.evaluate.evaluation import run_evaluation
 
     run_evaluation(
         smk.input.predicoes,

@@ -6,7 +6,7 @@ from afinar.errors import AfinarError, run_rule
 def main(smk) -> None:
     p = smk.params
     if smk.rule == "export_merged":
-        from afinar.export import merge_adapter, merged_dtype
+        from afinar.export.merged import merge_adapter, merged_dtype
 
         merge_adapter(
             smk.input.adapter,
@@ -16,13 +16,13 @@ def main(smk) -> None:
             trained_nbits=int(p.nbits),
         )
     elif smk.rule == "export_gguf":
-        from afinar.export_gguf import convert_to_gguf
+        from afinar.export.gguf import convert_to_gguf
 
         convert_to_gguf(
             smk.input.merged, smk.output.gguf, p.tipo, llama_cpp=p.llama_cpp, pre_tokenizer=p.pre_tokenizer
         )
     elif smk.rule == "export_onnx":
-        from afinar.export_onnx import export_onnx
+        from afinar.export.onnx import export_onnx
 
         export_onnx(smk.input.merged, smk.output.onnx)
     else:

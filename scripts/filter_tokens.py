@@ -1,10 +1,10 @@
-"""Rule `filter_tokens`: split parquets + base tokenizer → results/data/filtro_tokens/{exp}.json (see afinar.token_filter)."""
+"""Rule `filter_tokens`: split parquets + base tokenizer → results/data/filtro_tokens/{exp}.json (see afinar.train.token_filter)."""
 
 from afinar.errors import run_rule
 
 
 def main(smk) -> None:
-    from afinar.token_filter import run_filter
+    from afinar.train.token_filter import run_filter
 
     p = smk.params
     run_filter(

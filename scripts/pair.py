@@ -1,7 +1,7 @@
 """Rule `pair`: raw input files (or the input dataframe) + expected answers → results/data/pairs.parquet."""
 
+from afinar.data.pairing import run_pair
 from afinar.errors import run_rule
-from afinar.pairing import run_pair
 
 
 def main(smk) -> None:

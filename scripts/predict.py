@@ -1,4 +1,4 @@
-"""Rules `predict` / `predict_base`: test split → results/{exp}/predicoes/teste(_base).jsonl (see afinar.generation).
+"""Rules `predict` / `predict_base`: test split → results/{exp}/predicoes/teste(_base).jsonl (see afinar.predict.generation).
 
 `predict` uses the trained adapter (input `adapter`) and records memory use during prediction;
 `predict_base` has no adapter input and predicts with the base model, for the base-vs-tuned comparison.
@@ -12,7 +12,7 @@ def main(smk) -> None:
     from afinar.gpu_slots import claim_gpu
 
     slot = claim_gpu(timeout_s=600)
-    from afinar.generation import GenerationSettings, run_prediction
+    from afinar.predict.generation import GenerationSettings, run_prediction
 
     p = smk.params
     treinamento = p.treinamento

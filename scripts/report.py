@@ -1,7 +1,7 @@
 """Rule report: render results/{exp}/relatorio.md from the experiment's files and config."""
 
 from afinar.errors import run_rule
-from afinar.report import ReportInputs, write_report
+from afinar.report.markdown import ReportInputs, write_report
 
 
 def main(smk) -> None:

@@ -1,8 +1,8 @@
 """Rule `split`: plain pairs (pastas mode) or dataset files (dataset mode) → treino/validacao/teste parquets."""
 
-from afinar.datasets_io import run_dataset_split
+from afinar.data.dataset_mode import run_dataset_split
+from afinar.data.splits import SplitOutputs, run_split
 from afinar.errors import run_rule
-from afinar.splits import SplitOutputs, run_split
 
 
 def main(smk) -> None:

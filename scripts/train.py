@@ -1,4 +1,4 @@
-"""Rule `train`: split parquets → results/{exp}/adapter/ + metric files (see afinar.training)."""
+"""Rule `train`: split parquets → results/{exp}/adapter/ + metric files (see afinar.train.training)."""
 
 import logging
 import os
@@ -25,7 +25,7 @@ def main(smk) -> None:
     logging.getLogger("afinar.train").info(
         "CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     )
-    from afinar.training import TrainPaths, train
+    from afinar.train.training import TrainPaths, train
 
     out = smk.output
     paths = TrainPaths(

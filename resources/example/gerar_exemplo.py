@@ -163,7 +163,7 @@ def encrypt_copy(var_name: str, out: Path) -> None:
     import pandas as pd
 
     sys.path.insert(0, str(HERE.parents[1] / "scripts"))
-    from afinar.crypto import encrypt_frame
+    from afinar.data.crypto import encrypt_frame
 
     key = os.environ.get(var_name)
     if not key:

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None, ask: Ask | None = None) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     path = Path(args.config)
     if args.interactive:
-        from afinar import interactive
+        from afinar.config import interactive
 
         ask = args.ask or (interactive.tty_ask if sys.stdin.isatty() else None)
         if ask is None:
@@ -221,7 +221,7 @@ def cmd_list_files(args: argparse.Namespace) -> int:
         if ds["hf_dataset"]:
             print(f"  hf_dataset: {ds['hf_dataset']}")
         return 0
-    from afinar import pairing
+    from afinar.data import pairing
 
     pastas = cfg["pastas"]
     entrada, predicao = pastas["entrada"], pastas["predicao"]
@@ -251,12 +251,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import importlib
 
     try:
-        predict_cli = importlib.import_module("afinar.predict_cli")
+        predict_cli = importlib.import_module("afinar.predict.quick")
     except ModuleNotFoundError as exc:
-        if exc.name != "afinar.predict_cli":
+        if exc.name != "afinar.predict.quick":
             raise
         raise AfinarError(
-            "predict: this checkout has no afinar.predict_cli module yet — use the predict rule"
+            "predict: this checkout has no afinar.predict.quick module yet — use the predict rule"
         ) from None
     return int(predict_cli.main(args) or 0)
 
@@ -334,7 +334,7 @@ def pairing_counts(cfg: dict, results: Path) -> str:
         return "  dataset mode: no pairing"
     else:
         try:
-            from afinar import pairing
+            from afinar.data import pairing
 
             p = cfg["pastas"]
             validacao = {**p["validacao"], "skip_invalidos": True}

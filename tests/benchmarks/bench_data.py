@@ -56,7 +56,7 @@ def generate(root: Path, n: int, key: str) -> None:
     """Write the encrypted dataframe, the answer files and a prompt template under ``root``."""
     import pandas as pd
 
-    from afinar.crypto import encrypt_texts
+    from afinar.data.crypto import encrypt_texts
 
     rng = random.Random(1)
     ids = [f"{i:012d}.{i % 7}.{i % 3}" for i in range(n)]
@@ -81,9 +81,9 @@ def run_stage(stage: str, root: Path, key: str) -> dict:
     """Run one stage in this process (called in a child) and return its seconds and peak RSS.
 
     The key travels in the environment, never on a command line where ``ps`` would show it."""
-    from afinar.crypto import run_decrypt
-    from afinar.pairing import run_pair
-    from afinar.splits import SplitOutputs, run_split
+    from afinar.data.crypto import run_decrypt
+    from afinar.data.pairing import run_pair
+    from afinar.data.splits import SplitOutputs, run_split
 
     cfg, data = config(root), root / "results" / "data"
     start = time.perf_counter()
@@ -126,7 +126,7 @@ def main() -> None:
         print(json.dumps(run_stage(args.stage, args.root, os.environ[KEY_VAR])))
         return
 
-    from afinar.crypto import generate_key
+    from afinar.data.crypto import generate_key
 
     key = generate_key()
     with tempfile.TemporaryDirectory(prefix="afinar-bench-") as tmp:

@@ -57,7 +57,7 @@ def build(hidden: int, layers: int, seed: int):
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from afinar.demo_model import IM_END, train_tokenizer
+    from afinar.train.demo_model import IM_END, train_tokenizer
 
     rng = random.Random(seed)
     corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))) for _ in range(3000)]
@@ -85,7 +85,7 @@ def build(hidden: int, layers: int, seed: int):
 
 
 def make_records(n: int, seed: int):
-    from afinar.generation import TestRecord
+    from afinar.predict.generation import TestRecord
 
     rng = random.Random(seed + 1)
     records = []
@@ -122,7 +122,7 @@ def predict_path(model, tokenizer, records, batch_size: int, max_new_tokens: int
     """Afinar's ``generate_predictions``: (output tokens, decoding steps, seconds)."""
     import torch
 
-    from afinar.generation import (
+    from afinar.predict.generation import (
         GenerationSettings,
         encode_prompts,
         generate_predictions,

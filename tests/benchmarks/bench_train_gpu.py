@@ -123,7 +123,7 @@ def prepare(workdir: Path, n: int, smoke: bool) -> dict:
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from afinar.demo_model import LlamaSpec, build_llama_model
+    from afinar.train.demo_model import LlamaSpec, build_llama_model
 
     spec = LlamaSpec()
     name = "llama-1b"
@@ -409,7 +409,7 @@ def ours_config(prep: dict, settings: dict, steps: int, batch: int, smoke: bool)
 def run_ours(
     prep: dict, variant: str, steps: int, batch: int, warmup: int, smoke: bool, profile: bool = False
 ) -> dict:
-    from afinar.training import TrainPaths, import_unsloth, train
+    from afinar.train.training import TrainPaths, import_unsloth, train
 
     if not smoke:
         import_unsloth()  # before transformers/trl (patched on import), with the train rule's settings

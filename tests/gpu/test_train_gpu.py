@@ -52,7 +52,7 @@ def chats(n: int, seed: int) -> list[list[dict]]:
 def gpu_setup(tmp_path_factory):
     import pandas as pd
 
-    from afinar.demo_model import LlamaSpec, build_llama_model
+    from afinar.train.demo_model import LlamaSpec, build_llama_model
 
     root = tmp_path_factory.mktemp("gpu")
     spec = LlamaSpec(
@@ -123,8 +123,8 @@ def run_child(
     code = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {SCRIPTS!r})
-        from afinar.callbacks import StopAfterSteps
-        from afinar.training import TrainPaths, train
+        from afinar.train.callbacks import StopAfterSteps
+        from afinar.train.training import TrainPaths, train
         s = train(json.loads({json.dumps(json.dumps(exp))}), TrainPaths.for_experiment({str(results)!r}, {name!r}),
                   extra_callbacks={stop})
         print("SUMMARY " + json.dumps(s, default=str))
@@ -163,7 +163,7 @@ def test_resume_after_kill(gpu_setup):
     code = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {SCRIPTS!r})
-        from afinar.training import TrainPaths, train
+        from afinar.train.training import TrainPaths, train
         train(json.loads({json.dumps(json.dumps(exp))}), TrainPaths.for_experiment({str(results)!r}, {name!r}))
     """)
     proc = subprocess.Popen(

@@ -1,7 +1,7 @@
 """Fixtures shared by unit tests: the tiny offline model (built once per session) and a small chat task.
 
 ``tiny_model_dir`` is a real Qwen2 model folder (tokenizer trained on the bundled example corpus plus a
-synthetic extraction task, random weights) built by ``afinar.demo_model``; tests that train, predict
+synthetic extraction task, random weights) built by ``afinar.train.demo_model``; tests that train, predict
 or export use it instead of downloading anything.
 """
 
@@ -68,7 +68,7 @@ def write_split(path: Path, rows: list[list[dict]]) -> Path:
 
 def tiny_corpus() -> list[str]:
     """Text for the tiny tokenizer: the bundled example files (when present) and the synthetic task."""
-    from afinar.demo_model import demo_texts, read_corpus
+    from afinar.train.demo_model import demo_texts, read_corpus
 
     texts = read_corpus([EXAMPLE]) if EXAMPLE.is_dir() else []
     for msgs in task_rows(300, seed=123):
@@ -79,7 +79,7 @@ def tiny_corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen2 model + tokenizer folder, built once per test session."""
-    from afinar.demo_model import build_tiny_model
+    from afinar.train.demo_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "modelo-base", tiny_corpus(), seed=0)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from afinar.answers import normalize_answer, parse_json_answer, strip_fences
+from afinar.data.answers import normalize_answer, parse_json_answer, strip_fences
 
 ONE_LINE = '{"tipo": "recibo", "nome": "Ana Lima", "valor": null}'
 

@@ -17,11 +17,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from afinar.crypto import encrypt_frame, generate_key, run_decrypt
-from afinar.datasets_io import run_dataset_split
+from afinar.data.crypto import encrypt_frame, generate_key, run_decrypt
+from afinar.data.dataset_mode import run_dataset_split
+from afinar.data.pairing import run_pair
+from afinar.data.splits import SplitOutputs, run_split
 from afinar.errors import AfinarError
-from afinar.pairing import run_pair
-from afinar.splits import SplitOutputs, run_split
 
 KEY = generate_key()
 IDS = ["001", "002", "010", "a.b", "2024.1.0", "7", "8", "9", "11", "12"]

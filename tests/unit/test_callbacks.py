@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from afinar.callbacks import MetricsCallback
 from afinar.io import read_jsonl
 from afinar.monitor import BackgroundSampler
+from afinar.train.callbacks import MetricsCallback
 
 
 def run_events(cb, args, state, losses, evals):

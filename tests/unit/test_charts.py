@@ -9,7 +9,7 @@ from pathlib import Path
 import _report_fixtures as F
 import pytest
 
-from afinar import charts
+from afinar.report import charts
 
 
 def png_size(path: Path) -> tuple[int, int]:

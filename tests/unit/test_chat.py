@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from afinar import chat
 from afinar.errors import AfinarError
+from afinar.train import chat
 
 CONV = [
     {"role": "user", "content": "Qual o nome?\nTexto: Ana Silva"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from afinar import checkpoints
+from afinar.train import checkpoints
 
 
 def make_ckpt(folder, step, complete=True):

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from afinar import interactive
 from afinar.cli import main, show_text
-from afinar.config import load_config, read_yaml
+from afinar.config import interactive, load_config, read_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 

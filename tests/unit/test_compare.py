@@ -7,7 +7,7 @@ from pathlib import Path
 
 import _report_fixtures as F
 
-from afinar import compare
+from afinar.report import compare
 
 
 def experiment(

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from afinar.crypto import (
+from afinar.data.crypto import (
     encrypt_frame,
     encrypt_texts,
     generate_key,
@@ -17,8 +17,8 @@ from afinar.crypto import (
     parse_dotenv,
     run_decrypt,
 )
+from afinar.data.pairing import PAIRS_SCHEMA
 from afinar.errors import AfinarError
-from afinar.pairing import PAIRS_SCHEMA
 
 
 def write_pairs(path, ids, texts, answers=None):

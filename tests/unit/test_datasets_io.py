@@ -7,9 +7,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from afinar.datasets_io import load_sources, run_dataset_split
+from afinar.data.dataset_mode import load_sources, run_dataset_split
+from afinar.data.splits import SplitOutputs
 from afinar.errors import AfinarError
-from afinar.splits import SplitOutputs
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "resources" / "example" / "dataset" / "treino.jsonl"
 DIVISAO = {
@@ -203,7 +203,7 @@ COLUNAS = {"uid": "id", "pergunta": "prompt", "resposta": "completion"}
 
 
 def test_hf_parquet_shards_become_the_split_files(tmp_path, hf_env):
-    from afinar.datasets_io import load_hf_sources
+    from afinar.data.dataset_mode import load_hf_sources
 
     folder = parquet_shards(tmp_path / "shards")
     sources, prov = load_hf_sources(hf_cfg(str(folder), colunas=COLUNAS), cache_dir=hf_env)
@@ -238,7 +238,7 @@ def test_hf_parquet_shards_become_the_split_files(tmp_path, hf_env):
 def test_hf_save_to_disk_folder_and_custom_split_names(tmp_path, hf_env):
     import datasets
 
-    from afinar.datasets_io import load_hf_sources
+    from afinar.data.dataset_mode import load_hf_sources
 
     rows = qa_rows(0, 12)
     dd = datasets.DatasetDict(
@@ -261,7 +261,7 @@ def test_hf_save_to_disk_folder_and_custom_split_names(tmp_path, hf_env):
 
 
 def test_hf_offline_and_not_cached_is_one_line(hf_env):
-    from afinar.datasets_io import load_sources
+    from afinar.data.dataset_mode import load_sources
 
     with pytest.raises(AfinarError) as err:
         load_sources(hf_cfg("someorg/a-dataset-that-is-not-cached"))
@@ -271,7 +271,7 @@ def test_hf_offline_and_not_cached_is_one_line(hf_env):
 
 
 def test_hf_missing_folder_and_bad_column_mapping(tmp_path, hf_env):
-    from afinar.datasets_io import load_hf_sources
+    from afinar.data.dataset_mode import load_hf_sources
 
     with pytest.raises(AfinarError, match="folder ./nao/existe not found"):
         load_hf_sources(hf_cfg("./nao/existe"))

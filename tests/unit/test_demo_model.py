@@ -8,8 +8,8 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from afinar.demo_model import CHAT_TEMPLATE, build_tiny_model, read_corpus
 from afinar.errors import AfinarError
+from afinar.train.demo_model import CHAT_TEMPLATE, build_tiny_model, read_corpus
 
 SAMPLE = 'Processo nº 0001234-56.2020: autor João; réu "Empresa X". Valor R$ 1.234,56.\n{"a": [1, 2]}'
 

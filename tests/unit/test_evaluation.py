@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from afinar.errors import AfinarError
-from afinar.evaluation import evaluate, read_predictions, run_evaluation
+from afinar.evaluate.evaluation import evaluate, read_predictions, run_evaluation
 
 
 def _row(rid: str, esperado: str, gerado: str, **kw) -> dict:

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from afinar.errors import AfinarError
-from afinar.export import export_targets, merge_adapter, merged_dtype
-from afinar.export_gguf import (
+from afinar.export.gguf import (
     CONVERTER,
     convert_to_gguf,
     extract_converter,
     find_converter,
     supported_architectures,
 )
+from afinar.export.merged import export_targets, merge_adapter, merged_dtype
 
 PROMPTS = ["Extraia nome, idade e cidade em JSON.\nNome: Ana Silva.", "Cadastro recebido. Idade: 42 anos."]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -183,7 +183,7 @@ def installed_converter() -> Path:
         return find_converter("")
     except AfinarError:
         pytest.skip(
-            "llama.cpp converter not installed: run `python -m afinar.export_gguf fetch` (make install does)"
+            "llama.cpp converter not installed: run `python -m afinar.export.gguf fetch` (make install does)"
         )
 
 
@@ -274,7 +274,7 @@ def test_onnx_export_matches_pytorch(merged_dir, tmp_path):
     import onnxruntime
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from afinar.export_onnx import export_onnx
+    from afinar.export.onnx import export_onnx
 
     out = tmp_path / "onnx"
     result = export_onnx(merged_dir, out)
@@ -296,7 +296,7 @@ def test_onnx_export_matches_pytorch(merged_dir, tmp_path):
 
 
 def test_onnx_refuses_a_quantised_model(tmp_path):
-    from afinar.export_onnx import export_onnx
+    from afinar.export.onnx import export_onnx
 
     model = tmp_path / "adapter-4bit"
     model.mkdir()

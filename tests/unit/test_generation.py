@@ -12,9 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from afinar.demo_model import TinyModelSpec, build_tiny_model
 from afinar.errors import AfinarError
-from afinar.generation import (
+from afinar.predict.generation import (
     EncodedPrompt,
     GenerationSettings,
     generate_predictions,
@@ -24,6 +23,7 @@ from afinar.generation import (
     run_prediction,
     truncate_middle,
 )
+from afinar.train.demo_model import TinyModelSpec, build_tiny_model
 
 WORDS = (
     "o réu autor processo juiz sentença recurso prazo nome idade cidade valor ação parte fls autos".split()

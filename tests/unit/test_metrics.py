@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from afinar.metrics import (
+from afinar.evaluate.metrics import (
     FieldCounts,
     exact_match,
     field_counts,

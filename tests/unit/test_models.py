@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from afinar import models
 from afinar.errors import AfinarError
+from afinar.train import models
 
 
 def test_local_folder_is_accepted(tiny_model_dir):

@@ -8,8 +8,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from afinar.data.pairing import (
+    file_id,
+    glob_mask,
+    list_files,
+    pair_records,
+    raw_input_files,
+    read_text,
+    run_pair,
+)
 from afinar.errors import AfinarError
-from afinar.pairing import file_id, glob_mask, list_files, pair_records, raw_input_files, read_text, run_pair
 
 
 def sections(tmp_path, **over):

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from afinar.cli import main as cli_main
-from afinar.demo_model import TinyModelSpec, build_tiny_model
-from afinar.predict_cli import choose_experiment, shorten, side_by_side
+from afinar.predict.quick import choose_experiment, shorten, side_by_side
+from afinar.train.demo_model import TinyModelSpec, build_tiny_model
 
 WORDS = "nome idade cidade Ana Bruno Recife Natal anos extraia em JSON cadastro".split()
 SMALL = TinyModelSpec(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)

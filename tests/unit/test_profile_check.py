@@ -1,4 +1,4 @@
-"""afinar.profile_check: an unedited or wrong cluster profile fails with one clear line before any job."""
+"""afinar.config.profile_check: an unedited or wrong cluster profile fails with one clear line before any job."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from afinar.errors import AfinarError
-from afinar.profile_check import (
+from afinar.config.profile_check import (
     check_partitions,
     check_profile_placeholders,
     find_placeholders,
     parse_sinfo_partitions,
     partition_problems,
 )
+from afinar.errors import AfinarError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import _report_fixtures as F
 import pytest
 
-from afinar import charts, report
+from afinar.report import charts
+from afinar.report import markdown as report
 
 EXP_CONFIG = {
     "modelo": {"base": "org/some-base", "saida": "results/exp1"},

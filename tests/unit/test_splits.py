@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from afinar.errors import AfinarError
-from afinar.pairing import PAIRS_SCHEMA
-from afinar.splits import (
+from afinar.data.pairing import PAIRS_SCHEMA
+from afinar.data.splits import (
     SplitOutputs,
     assign_splits,
     build_prompt,
@@ -20,6 +19,7 @@ from afinar.splits import (
     shuffle_ids,
     split_counts,
 )
+from afinar.errors import AfinarError
 
 PROP = {"treino": 0.7, "validacao": 0.1, "teste": 0.2}
 

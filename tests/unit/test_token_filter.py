@@ -8,8 +8,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from afinar import chat, models, token_filter
 from afinar.errors import AfinarError
+from afinar.train import chat, models, token_filter
 
 LIMIT = 80
 ANSWER = '{"nome": "Ana Silva", "idade": 30, "cidade": "Recife"}'

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from afinar import chat, models
-from afinar.callbacks import StopAfterSteps
 from afinar.errors import AfinarError
 from afinar.io import read_jsonl
-from afinar.training import (
+from afinar.train import chat, models
+from afinar.train.callbacks import StopAfterSteps
+from afinar.train.training import (
     GPU_PAD_MULTIPLE,
     TrainPaths,
     choose_optim,
@@ -280,7 +280,7 @@ def test_early_stopping_without_saved_checkpoints(tiny_model_dir, task_splits):
 
 def test_training_applies_the_filter_tokens_decisions(tiny_model_dir, task_splits):
     """The rule's file decides: its dropped ids are left out even if they fit, truncated ones are cut."""
-    from afinar import token_filter
+    from afinar.train import token_filter
 
     paths = paths_for(task_splits, "filtro")
     exp = experiment(tiny_model_dir, max_steps=1, save_checkpoints=False, eval_steps=0)

@@ -5,7 +5,7 @@ always come from a folder (``pastas.predicao``). A record id is a file name minu
 (``001.txt`` → ``001``, ``a.b.txt`` → ``a.b``) and is always a string, so ``001`` never becomes ``1``.
 A pair exists when an id is present on both sides; ids present on one side only are listed in
 ``pareamento.json`` (the original only counted them). Answers are normalized by
-:mod:`afinar.answers`; rejected ones stop the run unless ``skip_invalidos`` is on.
+:mod:`afinar.data.answers`; rejected ones stop the run unless ``skip_invalidos`` is on.
 
 Input texts may be ciphertext (dataframe mode): they are carried through untouched and never logged.
 """
@@ -24,11 +24,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afinar.answers import normalize_answer
+from afinar.data.answers import normalize_answer
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
 
-log = logging.getLogger("afinar.pairing")
+log = logging.getLogger("afinar.data.pairing")
 
 PAIRS_SCHEMA = pa.schema([("id", pa.string()), ("texto", pa.string()), ("resposta", pa.string())])
 PRIVATE_MODE = 0o600

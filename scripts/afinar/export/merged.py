@@ -20,7 +20,7 @@ from typing import Any
 
 from afinar.errors import AfinarError
 
-log = logging.getLogger("afinar.export")
+log = logging.getLogger("afinar.export.merged")
 
 MERGED_DTYPES = ("bfloat16", "float16", "float32")
 METADATA_FILE = "afinar_export.json"

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from afinar.charts import (
+from afinar.io import atomic_write_text
+from afinar.report.charts import (
     BASE_COLOR,
     FINETUNED_COLOR,
     RC,
@@ -25,10 +26,9 @@ from afinar.charts import (
     read_json_lenient,
     read_jsonl_lenient,
 )
-from afinar.io import atomic_write_text
-from afinar.report import METRIC_LABELS, environment, fmt, format_duration, primary_metric, signed
+from afinar.report.markdown import METRIC_LABELS, environment, fmt, format_duration, primary_metric, signed
 
-log = logging.getLogger("afinar.compare")
+log = logging.getLogger("afinar.report.compare")
 
 
 @dataclass

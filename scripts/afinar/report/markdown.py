@@ -25,10 +25,10 @@ from typing import Any
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from afinar.charts import CHART_NAMES, peak_gpu_gb, read_json_lenient, read_jsonl_lenient
 from afinar.io import atomic_write_text
+from afinar.report.charts import CHART_NAMES, peak_gpu_gb, read_json_lenient, read_jsonl_lenient
 
-log = logging.getLogger("afinar.report")
+log = logging.getLogger("afinar.report.markdown")
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -136,7 +136,7 @@ def show_examples(misc: dict, relatorio: dict) -> bool:
 
 def training_section(events: list[dict], summary: dict) -> dict[str, Any]:
     """Runtime, steps, losses and trainable parameters, from metrics_summary.json and the event log."""
-    from afinar.charts import event_kind, series
+    from afinar.report.charts import event_kind, series
 
     end = next((e for e in reversed(events) if event_kind(e) == "train_end"), {})
     begin = next((e for e in events if event_kind(e) == "train_begin"), {})

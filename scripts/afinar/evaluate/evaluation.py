@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from afinar.errors import AfinarError
-from afinar.metrics import (
+from afinar.evaluate.metrics import (
     FieldCounts,
     exact_match,
     field_counts,
@@ -44,7 +44,7 @@ from afinar.metrics import (
     token_f1,
 )
 
-log = logging.getLogger("afinar.evaluation")
+log = logging.getLogger("afinar.evaluate.evaluation")
 
 #: metrics where higher is better; ``ganho`` is reported for these.
 QUALITY_METRICS = (

@@ -31,7 +31,7 @@ from typing import Any
 
 from afinar.errors import AfinarError
 
-log = logging.getLogger("afinar.generation")
+log = logging.getLogger("afinar.predict.generation")
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 FULL_WEIGHTS = (
@@ -521,7 +521,7 @@ def _effective_bits(nbits: int) -> int:
     so a GPU-trained adapter can still be tried on a laptop."""
     import torch
 
-    from afinar.models import check_quantization
+    from afinar.train.models import check_quantization
 
     if nbits in (4, 8) and not torch.cuda.is_available():
         log.warning(
@@ -535,7 +535,7 @@ def _effective_bits(nbits: int) -> int:
 def _load_base_transformers(source: str, nbits: int) -> Any:
     import torch
 
-    from afinar.models import load_causal_lm
+    from afinar.train.models import load_causal_lm
 
     bits = _effective_bits(nbits)
     model = load_causal_lm(source, _torch_dtype(), bits)
@@ -566,7 +566,7 @@ def _attach_adapter(model: Any, base: str, adapter_dir: Path) -> Any:
     """
     from peft import PeftModel
 
-    from afinar.models import adapter_base_model, same_model
+    from afinar.train.models import adapter_base_model, same_model
 
     recorded = adapter_base_model(adapter_dir)
     if recorded and not same_model(recorded, base):
@@ -600,11 +600,11 @@ def load_for_inference(
     ``adapter_dir`` may hold a PEFT adapter or a full model (``lora.r: 0``); anything else is an error
     that says how to train it. The tokenizer saved next to the adapter wins over the base model's, since
     it carries the chat template training used; a base tokenizer without a template gets the same family
-    fallback training would install (``afinar.chat``). With the Unsloth backend, ``for_inference``
+    fallback training would install (``afinar.train.chat``). With the Unsloth backend, ``for_inference``
     switches on its fast generation path.
     """
-    from afinar.chat import ensure_chat_template
-    from afinar.models import load_tokenizer, resolve_model_source
+    from afinar.train.chat import ensure_chat_template
+    from afinar.train.models import load_tokenizer, resolve_model_source
 
     kind = None
     if adapter_dir is not None:
@@ -674,7 +674,7 @@ def run_prediction(
     """
     from contextlib import nullcontext
 
-    from afinar.prediction_memory import memory_sampler, plot_prediction_memory
+    from afinar.predict.memory import memory_sampler, plot_prediction_memory
 
     records = read_test_split(test_split, settings.n_exemplos)
     log.info("%d test records from %s (n_exemplos=%d)", len(records), test_split, settings.n_exemplos)

@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.fernet import Fernet, InvalidToken
 
+from afinar.data.pairing import PAIRS_SCHEMA, PRIVATE_MODE, format_ids
 from afinar.errors import AfinarError
 from afinar.io import atomic_path
-from afinar.pairing import PAIRS_SCHEMA, PRIVATE_MODE, format_ids
 
-log = logging.getLogger("afinar.crypto")
+log = logging.getLogger("afinar.data.crypto")
 
 KEY_SETTING = "misc.env_chave_criptografia"
 TEXT_COLUMN = "texto"
@@ -107,7 +107,7 @@ def make_fernet(key: str | bytes, var_name: str = "") -> Fernet:
         where = f"the variable {var_name!r}" if var_name else "the key"
         raise AfinarError(
             f"{KEY_SETTING}: {where} does not hold a valid Fernet key (32 bytes, URL-safe base64, 44 characters) "
-            "— check the value; generate one with afinar.crypto.generate_key()"
+            "— check the value; generate one with afinar.data.crypto.generate_key()"
         ) from None
 
 

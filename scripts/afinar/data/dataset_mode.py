@@ -32,8 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afinar.errors import AfinarError
-from afinar.splits import (
+from afinar.data.splits import (
     SPLIT_SCHEMA,
     SPLITS,
     SplitOutputs,
@@ -43,8 +42,9 @@ from afinar.splits import (
     read_template,
     write_outputs,
 )
+from afinar.errors import AfinarError
 
-log = logging.getLogger("afinar.datasets_io")
+log = logging.getLogger("afinar.data.dataset_mode")
 
 ROLES = ("system", "user", "assistant")
 FIX_RECORD = " — fix or remove that record"

@@ -16,7 +16,7 @@ from typing import Any
 
 from afinar.errors import AfinarError
 
-log = logging.getLogger("afinar.chat")
+log = logging.getLogger("afinar.train.chat")
 
 _CHATML = (
     "{%- for message in messages %}"

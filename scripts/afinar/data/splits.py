@@ -26,11 +26,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from afinar.data.pairing import PRIVATE_MODE, format_ids, read_text
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
-from afinar.pairing import PRIVATE_MODE, format_ids, read_text
 
-log = logging.getLogger("afinar.splits")
+log = logging.getLogger("afinar.data.splits")
 
 SPLITS = ("treino", "validacao", "teste")
 ID_COLUMN, LABEL_COLUMN = "id_arquivo", "alvo"

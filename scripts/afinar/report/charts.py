@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from afinar.errors import AfinarError  # noqa: E402
 from afinar.io import atomic_path, atomic_write_json  # noqa: E402
 
-log = logging.getLogger("afinar.charts")
+log = logging.getLogger("afinar.report.charts")
 
 CHART_NAMES: tuple[str, ...] = (
     "grafico_loss.png",

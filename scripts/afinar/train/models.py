@@ -15,7 +15,7 @@ from typing import Any
 
 from afinar.errors import AfinarError
 
-log = logging.getLogger("afinar.models")
+log = logging.getLogger("afinar.train.models")
 
 _WEIGHT_FILES = (
     "model.safetensors",

@@ -19,7 +19,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-log = logging.getLogger("afinar.callbacks")
+log = logging.getLogger("afinar.train.callbacks")
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:

@@ -29,12 +29,12 @@ from typing import Any
 
 import yaml
 
-from afinar.crypto import read_dotenv
+from afinar.data.crypto import read_dotenv
 from afinar.errors import AfinarError
 
 log = logging.getLogger("afinar.config")
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schema.yaml"
 EXPERIMENT_SECTIONS = ("modelo", "treinamento", "lora", "predicao")
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 SPLITS = ("treino", "validacao", "teste")

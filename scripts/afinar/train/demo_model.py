@@ -20,7 +20,7 @@ from pathlib import Path
 
 from afinar.errors import AfinarError
 
-log = logging.getLogger("afinar.demo_model")
+log = logging.getLogger("afinar.train.demo_model")
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"

@@ -21,7 +21,7 @@ from typing import Any
 
 from afinar.errors import AfinarError
 
-log = logging.getLogger("afinar.predict_cli")
+log = logging.getLogger("afinar.predict.quick")
 
 HEAD = TAIL = 250  # characters kept of a long text on screen (the seed's rule)
 YES = {"s", "sim", "y", "yes"}
@@ -101,7 +101,7 @@ def use_base_model(
         log.warning("%s: no trained adapter; --yes given, so the base model is used", adapter_dir)
         return True
     if ask is None and interactive:
-        from afinar.interactive import tty_ask
+        from afinar.config.interactive import tty_ask
 
         ask = tty_ask
     if ask is None:
@@ -132,15 +132,15 @@ def run(
 ) -> dict[str, Any]:
     """Predict ``n`` test records of experiment ``exp``, print them and write the JSON; returns its content."""
     from afinar.config import experiments
-    from afinar.generation import (
+    from afinar.evaluate.metrics import rouge_l
+    from afinar.io import atomic_write_json
+    from afinar.predict.generation import (
         GenerationSettings,
         adapter_kind,
         generate_predictions,
         load_for_inference,
         read_test_split,
     )
-    from afinar.io import atomic_write_json
-    from afinar.metrics import rouge_l
 
     if n < 1:
         raise AfinarError(f"-n {n}: give the number of test records to predict (at least 1)")

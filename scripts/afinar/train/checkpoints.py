@@ -18,7 +18,7 @@ from typing import Any
 
 from afinar.io import atomic_write_json
 
-log = logging.getLogger("afinar.checkpoints")
+log = logging.getLogger("afinar.train.checkpoints")
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = (

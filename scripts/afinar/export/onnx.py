@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from afinar.errors import AfinarError
-from afinar.export import _replace_dir, is_quantized, read_model_config
+from afinar.export.merged import _replace_dir, is_quantized, read_model_config
 
-log = logging.getLogger("afinar.export_onnx")
+log = logging.getLogger("afinar.export.onnx")
 
 ONNX_FILE = "model.onnx"
 VALIDATION_FILE = "validacao.json"

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from afinar import chat, models
 from afinar.errors import AfinarError
 from afinar.io import atomic_write_json
+from afinar.train import chat, models
 
-log = logging.getLogger("afinar.token_filter")
+log = logging.getLogger("afinar.train.token_filter")
 
 KEY = "treinamento.filtro_tokens"
 ACTIONS = ("descartar", "truncar")

@@ -5,7 +5,7 @@ Afinar runs it rather than reimplementing it. It is never cloned at run time: it
 local llama.cpp checkout (``exportacao.llama_cpp``) or from the pinned ``llama-cpp-python`` sdist on
 PyPI, which vendors llama.cpp; ``fetch_converter`` extracts just the converter (script, its
 ``conversion`` package, the matching ``gguf-py`` and the licence) into the Python environment at
-install time (``python -m afinar.export_gguf fetch``).
+install time (``python -m afinar.export.gguf fetch``).
 
 The converter runs in a child process (it calls ``sys.exit``, rewrites ``sys.path`` and holds a second
 copy of the weights), through this module's ``convert`` sub-command, which can also tell it which
@@ -30,7 +30,7 @@ from pathlib import Path
 from afinar.errors import AfinarError
 from afinar.io import atomic_path
 
-log = logging.getLogger("afinar.export_gguf")
+log = logging.getLogger("afinar.export.gguf")
 
 # The llama-cpp-python release whose vendored llama.cpp provides the converter (checked: converts
 # Qwen2 and Llama folders written by transformers 5.17).
@@ -59,7 +59,7 @@ def find_converter(llama_cpp: str | Path | None = "") -> Path:
         if not (root / CONVERTER).is_file():
             raise AfinarError(
                 f"exportacao.llama_cpp: {root} has no {CONVERTER} — point it at the root of a llama.cpp "
-                f"checkout, or leave it empty to use the converter installed with `python -m afinar.export_gguf fetch`"
+                f"checkout, or leave it empty to use the converter installed with `python -m afinar.export.gguf fetch`"
             )
         return root
     root = default_converter_dir()
@@ -67,7 +67,7 @@ def find_converter(llama_cpp: str | Path | None = "") -> Path:
         return root
     raise AfinarError(
         f"exportacao.gguf: llama.cpp's {CONVERTER} is not available — set exportacao.llama_cpp to a local "
-        f"llama.cpp checkout, or install the pinned converter once with `python -m afinar.export_gguf fetch` "
+        f"llama.cpp checkout, or install the pinned converter once with `python -m afinar.export.gguf fetch` "
         f"(extracts it from the llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist on PyPI into {root})"
     )
 
@@ -185,10 +185,10 @@ def _run_converter(
     converter: Path, model_dir: Path, out: Path, outtype: str, pre_tokenizer: str, arch: str
 ) -> None:
     """Run the converter in a child Python through this module's ``convert`` sub-command."""
-    scripts_dir = Path(__file__).resolve().parent.parent
+    scripts_dir = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(scripts_dir), *filter(None, [env.get("PYTHONPATH", "")])])
-    cmd = [sys.executable, "-m", "afinar.export_gguf", "convert", "--converter", str(converter)]
+    cmd = [sys.executable, "-m", "afinar.export.gguf", "convert", "--converter", str(converter)]
     if pre_tokenizer:
         cmd += ["--pre-tokenizer", pre_tokenizer]
     cmd += ["--", str(model_dir), "--outfile", str(out), "--outtype", outtype]
@@ -308,8 +308,8 @@ def _convert_main(converter: Path, pre_tokenizer: str, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m afinar.export_gguf fetch [DEST]`` (install the converter) or ``convert`` (internal)."""
-    parser = argparse.ArgumentParser(prog="python -m afinar.export_gguf", description=__doc__.splitlines()[0])
+    """``python -m afinar.export.gguf fetch [DEST]`` (install the converter) or ``convert`` (internal)."""
+    parser = argparse.ArgumentParser(prog="python -m afinar.export.gguf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser(
         "fetch", help="install llama.cpp's converter from the pinned llama-cpp-python sdist"

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("afinar.prediction_memory")
+log = logging.getLogger("afinar.predict.memory")
 
 SAMPLE_INTERVAL_S = 0.5
 TITLE = "Uso de Memória Durante Predições"

@@ -7,7 +7,7 @@ Everything here is deterministic and dependency-free (no ``rouge_score``, no NLT
 - ``rouge_l``: longest common subsequence of word tokens; precision = LCS / generated tokens,
   recall = LCS / expected tokens, F1 their harmonic mean (ROUGE-L with beta = 1, no stemming).
 - ``token_f1``: SQuAD-style F1 of the two bags of word tokens.
-- JSON answers: ``parse_json`` strips Markdown fences (via ``afinar.answers``); ``field_counts`` compares flattened objects key by
+- JSON answers: ``parse_json`` strips Markdown fences (via ``afinar.data.answers``); ``field_counts`` compares flattened objects key by
   key (dotted keys for nested objects) after value normalisation, giving true/false positives and false
   negatives per field, from which ``prf`` computes precision, recall and F1, micro- or macro-averaged.
 
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from afinar.answers import parse_json_answer
+from afinar.data.answers import parse_json_answer
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SPACE = re.compile(r"\s+")
@@ -127,7 +127,7 @@ def token_f1(generated: str, expected: str) -> float:
 def parse_json(text: str) -> tuple[bool, Any]:
     """Parse a model answer as JSON: ``(True, value)`` or ``(False, None)``; never raises.
 
-    Same rules as for expected answers (``afinar.answers.parse_json_answer``): Markdown fences are
+    Same rules as for expected answers (``afinar.data.answers.parse_json_answer``): Markdown fences are
     stripped, a sentence around the object is tolerated, and only objects and arrays count — a bare
     number or string is not a structured answer. Sharing the parser means a generated answer is valid
     exactly when the same text would have been accepted as a training target.

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from afinar import chat, checkpoints, models, token_filter
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
+from afinar.train import chat, checkpoints, models, token_filter
 
-log = logging.getLogger("afinar.training")
+log = logging.getLogger("afinar.train.training")
 
 _EIGHT_BIT_OPTIMS = {
     "adamw_8bit",
@@ -277,7 +277,7 @@ def tokenize_split(
     """Tokenize conversations; drop (``descartar``) or shorten the prompt of (``truncar``) long ones.
 
     With the filter_tokens rule's decisions already applied nothing is long any more; without them
-    (``train()`` called directly) the same :mod:`afinar.token_filter` rules apply here. The answer is
+    (``train()`` called directly) the same :mod:`afinar.train.token_filter` rules apply here. The answer is
     never cut. Conversations left with no trainable token are dropped too, and every count is reported.
     """
     limit = token_filter.effective_limit(filtro, max_len)
@@ -646,8 +646,8 @@ def train(
     if resume:
         log.info("resuming from %s (step %d)", resume, checkpoints.checkpoint_step(resume))
 
-    from afinar.callbacks import MetricsCallback
     from afinar.monitor import BackgroundSampler
+    from afinar.train.callbacks import MetricsCallback
 
     shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
     sampler = BackgroundSampler(
