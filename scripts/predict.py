@@ -24,7 +24,9 @@ def main(smk) -> None:
     # speed settings and comparar_base come from the run's config, not params: they never rerun a job
     live = run_config_predicao(smk.config, smk.wildcards.exp)
     settings = GenerationSettings.from_config(
-        {**p.predicao, "batch_size": live["batch_size"]}, treinamento["max_seq_length"], seed=treinamento["seed"]
+        {**p.predicao, "batch_size": live["batch_size"]},
+        treinamento["max_seq_length"],
+        seed=treinamento["seed"],
     )
     adapter = smk.input.get("adapter")
     key = cache_key(smk.input.teste, p.modelo["base"], {"predicao": p.predicao, "treinamento": treinamento})
