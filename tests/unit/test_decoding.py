@@ -231,3 +231,36 @@ def test_progress_line_has_tokens_per_second_and_eta(caplog):
         meter.update(4, 400)
     assert "predict: 4/10 records (40%)" in caplog.text
     assert "tokens/s" in caplog.text and "ETA 0:" in caplog.text
+
+
+def test_predict_job_makes_the_base_predictions_predict_base_reuses(tiny_base, tmp_path, caplog):
+    """One load for both prediction sets: the predict job keeps the base predictions under the cache key;
+    predict_base copies them, and they equal what predict_base computes on its own."""
+    from afinar.predict.base_cache import cache_file, cache_key
+    from afinar.predict.generation import run_prediction
+
+    adapter = _adapter(tiny_base, tmp_path / "adapter")
+    split = _split(tmp_path / "data" / "teste.parquet", 6)
+    settings = _settings()
+    out = tmp_path / "exp" / "predicoes"
+    key = cache_key(split, str(tiny_base), {"predicao": {"max_new_tokens": 16}})
+    kept = cache_file(out, key)
+    run_prediction(split, out / "teste.jsonl", str(tiny_base), adapter, settings, base_cache=kept)
+    assert kept.is_file() and (out / "teste.jsonl").is_file()
+    with caplog.at_level(logging.INFO, logger="afinar"):
+        run_prediction(split, out / "teste_base.jsonl", str(tiny_base), None, settings, base_cache=kept)
+    assert "reused the base-model predictions" in caplog.text
+    alone = run_prediction(split, tmp_path / "alone.jsonl", str(tiny_base), None, settings)
+
+    def rows(path: Path) -> list[dict]:
+        return [
+            {k: v for k, v in json.loads(x).items() if k != "segundos"} for x in path.read_text().splitlines()
+        ]
+
+    assert rows(out / "teste_base.jsonl") == rows(tmp_path / "alone.jsonl")
+    assert [json.loads(x)["gerado"] for x in (out / "teste.jsonl").read_text().splitlines()] != [
+        p.gerado for p in alone
+    ]
+    # another key (here: other settings) never matches the kept file
+    other = cache_file(out, cache_key(split, str(tiny_base), {"predicao": {"max_new_tokens": 8}}))
+    assert other != kept and not other.exists()

@@ -78,8 +78,9 @@ def test_settings_validation_names_the_key():
         GenerationSettings.from_config({"batch_size": 0}, max_seq_length=512)
     with pytest.raises(AfinarError, match="predicao.batch_size"):
         GenerationSettings.from_config({"batch_size": "big"}, max_seq_length=512)
-    assert GenerationSettings.from_config({"batch_size": "auto"}, max_seq_length=512).batch_size is None
-    assert GenerationSettings.from_config({"batch_size": 8}, max_seq_length=512).batch_size == 8
+    auto = {"batch_size": "auto", "max_new_tokens": 64}
+    assert GenerationSettings.from_config(auto, max_seq_length=512).batch_size is None
+    assert GenerationSettings.from_config({**auto, "batch_size": 8}, max_seq_length=512).batch_size == 8
     s = GenerationSettings.from_config(
         {"temperatura": 0.7, "top_p": 0.9, "n_exemplos": 3}, max_seq_length=1024
     )
