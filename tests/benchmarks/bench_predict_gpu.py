@@ -116,10 +116,13 @@ def generated(p, max_new: int) -> int:
 
 
 def naive_loop(model, tokenizer, records, max_new_tokens: int):
-    """One ``generate`` per example, batch 1: (prompt lengths, generated tokens per prompt, seconds)."""
+    """One ``generate`` per example, batch 1: (prompt lengths, generated tokens per prompt, seconds, answers)."""
     import torch
 
-    lengths, made = [], []
+    from afinar.predict.generation import eos_token_ids
+
+    stop = set(eos_token_ids(model, tokenizer))
+    lengths, made, texts = [], [], []
     start = time.perf_counter()
     with torch.inference_mode():
         for record in records:
@@ -134,8 +137,11 @@ def naive_loop(model, tokenizer, records, max_new_tokens: int):
             )
             lengths.append(ids.shape[1])
             made.append(out.shape[1] - ids.shape[1])
+            row = out[0, ids.shape[1] :].tolist()
+            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+            texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
     torch.cuda.synchronize()
-    return lengths, made, time.perf_counter() - start
+    return lengths, made, time.perf_counter() - start, texts
 
 
 def predict(model, tokenizer, records, max_new: int, engine: str, batch_size: int | None):
@@ -148,7 +154,13 @@ def predict(model, tokenizer, records, max_new: int, engine: str, batch_size: in
     torch.cuda.synchronize()
     start = time.perf_counter()
     predictions = generate_predictions(
-        model, tokenizer, records, settings, desc=engine, progress=False, engine=engine
+        model,
+        tokenizer,
+        records,
+        settings,
+        desc=getattr(engine, "name", engine),
+        progress=False,
+        engine=engine,
     )
     torch.cuda.synchronize()
     return predictions, time.perf_counter() - start
@@ -197,6 +209,35 @@ def agreement(a, b) -> tuple[int, int]:
     return sum(p.gerado == other[p.id] for p in common), len(common)
 
 
+def prefix_share(a, b) -> float:
+    """Mean share of the answers that is identical before their first difference (characters)."""
+    import os
+
+    other = {p.id: p.gerado for p in b}
+    shares = [
+        len(os.path.commonprefix([p.gerado, other[p.id]])) / max(len(p.gerado), 1) for p in a if p.id in other
+    ]
+    return sum(shares) / max(len(shares), 1)
+
+
+def static_engine(model, tokenizer, max_new: int, **kw):
+    """The new path's decoder, built here so that the benchmark can pick its attention or read its timings."""
+    from afinar.predict.decoding import StaticDecoder
+    from afinar.predict.generation import GenerationSettings, generation_config
+
+    cfg = generation_config(model, tokenizer, GenerationSettings(max_new_tokens=max_new, max_seq_length=4096))
+    return StaticDecoder(model, tokenizer.pad_token_id, cfg.eos_token_id or [], max_new, **kw)
+
+
+def static_cache_generate(model, tokenizer, max_new: int):
+    """transformers' own alternative: ``generate`` with ``cache_implementation="static"`` (no compile)."""
+    from afinar.predict.generation import GenerationSettings, _GenerateEngine, generation_config
+
+    cfg = generation_config(model, tokenizer, GenerationSettings(max_new_tokens=max_new, max_seq_length=4096))
+    cfg.cache_implementation = "static"
+    return _GenerateEngine(model, cfg, tokenizer.pad_token_id)
+
+
 def random_lora(model, seed: int):
     """A PEFT LoRA (r 16, all linear layers) with random non-zero A and B, as a trained one would be."""
     import torch
@@ -227,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=2, help="new-path runs (the spread between them is printed)"
     )
     parser.add_argument("--lora", action="store_true", help="also check merged vs unmerged LoRA predictions")
+    parser.add_argument(
+        "--variants", action="store_true", help="also time the alternatives the new path beat"
+    )
+    parser.add_argument(
+        "--fp32", type=int, default=64, help="prompts for the float32 agreement check (0 = off)"
+    )
     parser.add_argument("--four-bit", action="store_true", help="also compare the 4-bit adapter paths")
     parser.add_argument(
         "--hbm-tbs", type=float, default=None, help="HBM bandwidth in TB/s (default: by GPU name)"
@@ -274,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def run_naive():
-        lengths, made, seconds = naive_loop(model, tokenizer, records[: args.naive], max_new)
+        lengths, made, seconds, texts = naive_loop(model, tokenizer, records[: args.naive], max_new)
+        outputs["naive"] = texts
         return lengths, made, seconds, {}
 
     def run_path(engine, batch, subset):
@@ -297,10 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     new_rates = []
+    engines = []
     for i in range(args.repeat):
+        engine = static_engine(model, tokenizer, max_new, measure=True)
+        engines.append(engine)
         new = measure(
             f"new path (static+graphs, auto) #{i + 1}",
-            run_path("auto", None, records),
+            run_path(engine, None, records),
             max_new,
             weight_bytes,
             kv_bytes,
@@ -308,19 +359,82 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
         new_rates.append(new["tokens_per_s"])
+    timing = engines[-1].timings
+    print(
+        "new path, last run: prefill {prefill_s:.2f} s, graph captures {capture_s:.2f} s, decode {decode_s:.2f} s".format(
+            **timing
+        )
+        + f" ({engines[-1].captures} captures)"
+    )
+    outputs["auto"] = outputs.pop(engines[-1])
+    for engine in engines[:-1]:
+        outputs.pop(engine, None)
     same, common = agreement(outputs["generate"], outputs["auto"])
     print(f"new path spread over {len(new_rates)} runs: {min(new_rates):,.0f}-{max(new_rates):,.0f} tokens/s")
     print(
         f"speed-up new/old: {max(new_rates) / old['tokens_per_s']:.1f}x (target >= 14x, >= 15,000 tokens/s)"
     )
     print(
-        f"greedy agreement old vs new: {same}/{common} identical answers ({same / max(common, 1):.1%}; target >= 99%)"
+        f"greedy agreement old vs new (bf16): {same}/{common} identical answers ({same / max(common, 1):.1%}); "
+        f"identical share before the first difference {prefix_share(outputs['generate'], outputs['auto']):.0%}"
     )
-    summary = {"agreement": [same, common], "spread": [min(new_rates), max(new_rates)]}
+    naive_ids = {r.id for r in records[: args.naive]}
+    for name in ("generate", "auto"):
+        subset = [p for p in outputs[name] if p.id in naive_ids]
+        hits = sum(p.gerado == t for p, t in zip(subset, outputs["naive"], strict=True))
+        print(f"  control: {name} vs the naive batch-1 loop on its {len(subset)} prompts: {hits} identical")
+    summary = {"agreement": [same, common], "spread": [min(new_rates), max(new_rates)], "timings": timing}
+
+    if args.variants:
+        sdpa = static_engine(model, tokenizer, max_new, attention="sdpa")
+        measure(
+            "variant: static, transformers' SDPA",
+            run_path(sdpa, None, records),
+            max_new,
+            weight_bytes,
+            kv_bytes,
+            bandwidth,
+            rows,
+        )
+        outputs.pop(sdpa, None)
+        measure(
+            "variant: generate + StaticCache, b256",
+            run_path(static_cache_generate(model, tokenizer, max_new), 256, records[: args.old]),
+            max_new,
+            weight_bytes,
+            kv_bytes,
+            bandwidth,
+            rows,
+        )
+
+    if args.fp32:
+        import copy
+
+        model32 = copy.deepcopy(model).float()
+        subset = records[: args.fp32]
+        old32, _ = predict(model32, tokenizer, subset, max_new, "generate", args.old_batch)
+        new32, _ = predict(model32, tokenizer, subset, max_new, "auto", None)
+        same32, common32 = agreement(old32, new32)
+        print(f"greedy agreement old vs new in float32 (same model): {same32}/{common32} identical answers")
+        summary["agreement_fp32"] = [same32, common32]
+        del model32
+        torch.cuda.empty_cache()
 
     if args.lora or args.four_bit:
         lora_model = random_lora(model, args.seed)
         subset = records[: args.old]
+        if args.fp32:  # before the bf16 merge below, which changes lora_model in place
+            import copy
+
+            lora32 = copy.deepcopy(lora_model).float()
+            small = subset[: args.fp32]
+            un32, _ = predict(lora32, tokenizer, small, max_new, "generate", args.old_batch)
+            me32, _ = predict(lora32.merge_and_unload(), tokenizer, small, max_new, "auto", None)
+            s32, c32 = agreement(un32, me32)
+            print(f"LoRA in float32: merged vs unmerged identical answers {s32}/{c32}")
+            summary["lora_fp32_agreement"] = [s32, c32]
+            del lora32
+            torch.cuda.empty_cache()
         unmerged, t_unmerged = predict(lora_model, tokenizer, subset, max_new, "generate", args.old_batch)
         merged_model = lora_model.merge_and_unload()
         merged, t_merged = predict(merged_model, tokenizer, subset, max_new, "auto", None)
@@ -329,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         tok_m = sum(generated(p, max_new) for p in merged)
         print(
             f"LoRA: unmerged (generate, batch {args.old_batch}) {tok_u / t_unmerged:,.0f} tokens/s; merged (new path) "
-            f"{tok_m / t_merged:,.0f} tokens/s; identical answers {same_l}/{common_l}"
+            f"{tok_m / t_merged:,.0f} tokens/s; identical answers {same_l}/{common_l} (bf16)"
         )
         summary["lora"] = {
             "unmerged_tokens_per_s": tok_u / t_unmerged,

@@ -156,6 +156,8 @@ class StaticDecoder:
         max_new_tokens: int,
         sampling: Sampling | None = None,
         use_graphs: bool | None = None,
+        attention: str = ATTENTION_NAME,
+        measure: bool = False,
     ) -> None:
         import torch
 
@@ -168,6 +170,9 @@ class StaticDecoder:
         self.stop = torch.tensor(sorted({int(s) for s in stop_ids}) or [-1], device=self.device)
         self._shape: _Shape | None = None
         self.captures = 0  # how many decode graphs were captured (for logs and the benchmark)
+        self.attention = attention  # "sdpa" = transformers' own (repeat_kv) in the decode step too
+        self.measure = measure  # time prefill / capture / decode (synchronizes: benchmarks only)
+        self.timings = {"prefill_s": 0.0, "capture_s": 0.0, "decode_s": 0.0}
         _register_attention()
 
     # ------------------------------------------------------------------------------------- public
@@ -199,7 +204,7 @@ class StaticDecoder:
         def switched():
             config = self.model.config
             before = config._attn_implementation
-            config._attn_implementation = ATTENTION_NAME
+            config._attn_implementation = self.attention
             try:
                 yield
             finally:
@@ -318,9 +323,12 @@ class StaticDecoder:
 
     def _run(self, shape: _Shape, prompts: Sequence[Sequence[int]]) -> int:
         """Prefill, then decode until every row stopped or ``max_new_tokens``; returns the steps made."""
+        clock = self._clock()
         self._prefill(shape, prompts)
+        clock("prefill_s")
         if self.use_graphs and shape.graph is None:
             self._capture(shape)
+            clock("capture_s")
         steps = 1
         while steps < self.max_new_tokens:
             if steps % SYNC_EVERY == 0 and bool(shape.done.all()):
@@ -330,4 +338,24 @@ class StaticDecoder:
             else:
                 self._decode_step(shape)
             steps += 1
+        clock("decode_s")
         return steps
+
+    def _clock(self) -> Any:
+        """A function that adds the time since its last call to ``timings[name]`` (when measuring)."""
+        import time
+
+        import torch
+
+        last = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            if not self.measure:
+                return
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            self.timings[name] += now - last[0]
+            last[0] = now
+
+        return lap

@@ -400,12 +400,14 @@ def _is_quantized(model: Any) -> bool:
 
 
 def choose_engine(
-    model: Any, cfg: Any, tokenizer: Any, settings: GenerationSettings, engine: str = "auto"
+    model: Any, cfg: Any, tokenizer: Any, settings: GenerationSettings, engine: Any = "auto"
 ) -> Any:
     """The static CUDA-graph decoder where it applies (CUDA, an unquantized model with plain causal
     attention), else ``generate``. ``engine`` forces one (``static`` also runs eagerly on a CPU)."""
     from afinar.predict.decoding import Sampling, StaticDecoder
 
+    if not isinstance(engine, str):
+        return engine  # an engine object built by the caller (the benchmark's measured decoder)
     if engine not in ENGINES:
         raise AfinarError(f"engine: {engine!r} — use one of {', '.join(ENGINES)}")
     device = _model_device(model)
@@ -453,7 +455,7 @@ def generate_predictions(
     settings: GenerationSettings,
     desc: str = "predict",
     progress: bool = True,
-    engine: str = "auto",
+    engine: Any = "auto",
 ) -> list[Prediction]:
     """Generate an answer for every record, longest prompts first; returns predictions in record order.
 
