@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.lora or args.four_bit:
         lora_model = random_lora(model, args.seed)
-        subset = records[: args.old]
+        subset = records[: min(args.old, 128)]
         if args.fp32:  # before the bf16 merge below, which changes lora_model in place
             import copy
 
