@@ -11,13 +11,24 @@ import os
 from pathlib import Path
 
 from afinar.config.common import MISSING_BASE, SPLITS, _get, _Problems
-from afinar.data.crypto import read_dotenv
 
 PROPORTION_TOLERANCE = 0.01
 
 
 def _check_semantics(cfg: dict, prefix: str, found: _Problems) -> None:
-    """The rules a JSON Schema cannot state (run after defaults are filled)."""
+    """The rules a JSON Schema cannot state (run after defaults are filled).
+
+    With a ``prefix`` (an experiment's overrides merged over the config) only the experiment's own
+    sections are checked: the data sections were checked once, at the top level.
+    """
+    check_experiment(cfg, prefix, found)
+    if prefix:
+        return
+    _check_data(cfg, found)
+
+
+def check_experiment(cfg: dict, prefix: str, found: _Problems) -> None:
+    """Cross-key rules of one experiment's modelo/treinamento/lora/predicao (defaults filled)."""
     if "modelo" in cfg and not str(cfg["modelo"].get("base") or "").strip():
         found.add(f"{prefix}{MISSING_BASE}")
     t = cfg.get("treinamento", {})
@@ -32,8 +43,10 @@ def _check_semantics(cfg: dict, prefix: str, found: _Problems) -> None:
             f"{prefix}treinamento.filtro_tokens.max_tokens: {max_tokens} exceeds treinamento.max_seq_length "
             f"({max_seq}) — lower it or raise max_seq_length"
         )
-    if prefix:
-        return
+
+
+def _check_data(cfg: dict, found: _Problems) -> None:
+    """Cross-key rules of the data sections, which every experiment shares."""
     if cfg["formatos"]["tipo_entrada"] == "pastas":
         p = cfg["pastas"]
         prop = p["divisao"]["proporcao"]
@@ -133,6 +146,8 @@ def check_env(cfg: dict, dotenv: str | Path = ".env") -> list[str]:
     name = cfg["misc"]["env_chave_criptografia"]
     if not name:
         return []
+    from afinar.data.crypto import read_dotenv  # pandas/pyarrow: only when a key is named
+
     value = os.environ.get(name) or read_dotenv(dotenv).get(name, "")
     if not value:
         return [
