@@ -43,6 +43,7 @@ def main(smk) -> None:
             memory_jsonl=smk.output.get("memoria"),
             memory_png=smk.output.get("grafico"),
             base_cache=kept if (adapter is None or live["comparar_base"]) else None,
+            precisao=treinamento.get("precisao", "auto"),
         )
 
 

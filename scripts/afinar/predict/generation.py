@@ -611,39 +611,17 @@ def adapter_kind(folder: str | Path) -> str | None:
 
 
 def resolve_backend(backend: str) -> str:
-    """``auto`` → unsloth when it imports and CUDA is present, else transformers (same rule as training)."""
-    backend = (backend or "auto").lower()
-    if backend not in ("auto", "unsloth", "transformers"):
-        raise AfinarError(f"treinamento.backend: {backend!r} — use auto, unsloth or transformers")
-    if backend == "transformers":
-        return backend
-    import torch
+    """``auto`` → unsloth when it imports and CUDA is present, else transformers (afinar.runtime's rule)."""
+    from afinar.runtime import for_prediction
 
-    has_cuda = torch.cuda.is_available()
-    if backend == "unsloth" and not has_cuda:
-        raise AfinarError(
-            "treinamento.backend: unsloth needs a CUDA GPU — use backend: auto or transformers here"
-        )
-    if backend == "auto" and not has_cuda:
-        return "transformers"
-    try:
-        import unsloth  # noqa: F401
-    except Exception as exc:
-        if backend == "unsloth":
-            raise AfinarError(
-                f"treinamento.backend: unsloth does not import ({str(exc).splitlines()[0]}) — install the "
-                "train environment (envs/train.yaml) or use backend: transformers"
-            ) from None
-        return "transformers"
-    return "unsloth"
+    return for_prediction(backend).backend
 
 
-def _torch_dtype() -> Any:
-    import torch
+def _torch_dtype(precisao: str = "auto") -> Any:
+    """The dtype generation runs in: ``treinamento.precisao`` on CUDA, fp32 on a CPU (afinar.runtime)."""
+    from afinar.runtime import for_prediction
 
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return for_prediction("transformers", precisao).dtype
 
 
 def _effective_bits(nbits: int) -> int:
@@ -662,7 +640,7 @@ def _effective_bits(nbits: int) -> int:
     return nbits if nbits in (4, 8) else 16
 
 
-def _load_base_transformers(source: str, nbits: int) -> tuple[Any, int]:
+def _load_base_transformers(source: str, nbits: int, precisao: str = "auto") -> tuple[Any, int]:
     """The base model for prediction and the bits it was loaded with.
 
     An adapter trained on a 4/8-bit base is predicted on the de-quantised (bf16) base where it fits in
@@ -676,11 +654,11 @@ def _load_base_transformers(source: str, nbits: int) -> tuple[Any, int]:
     bits = _effective_bits(nbits)
     if bits in (4, 8):
         try:
-            model = load_causal_lm(source, _torch_dtype(), 16).to("cuda")
+            model = load_causal_lm(source, _torch_dtype(precisao), 16).to("cuda")
             log.info(
                 "treinamento.nbits %d: predicting on the de-quantised %s base (the adapter is merged into it)",
                 bits,
-                _torch_dtype(),
+                _torch_dtype(precisao),
             )
             return model, 16
         except torch.OutOfMemoryError:
@@ -691,7 +669,7 @@ def _load_base_transformers(source: str, nbits: int) -> tuple[Any, int]:
                 bits,
                 bits,
             )
-    model = load_causal_lm(source, _torch_dtype(), bits)
+    model = load_causal_lm(source, _torch_dtype(precisao), bits)
     if bits == 16 and torch.cuda.is_available():
         model = model.to("cuda")
     return model, bits
@@ -734,6 +712,7 @@ def load_for_inference(
     backend: str = "auto",
     nbits: int = 0,
     max_seq_length: int = 4096,
+    precisao: str = "auto",
     merge: bool = True,
 ) -> LoadedModel:
     """Load the base model (+ the trained adapter in ``adapter_dir``, unless None) ready for generation.
@@ -761,23 +740,23 @@ def load_for_inference(
         from afinar.train.chat import ensure_chat_template
         from afinar.train.models import load_tokenizer
 
-        model, _bits = _load_base_transformers(str(adapter_dir), nbits)
+        model, _bits = _load_base_transformers(str(adapter_dir), nbits, precisao)
         tokenizer = load_tokenizer(str(adapter_dir))
         ensure_chat_template(tokenizer, base)
         return _ready(LoadedModel(model, tokenizer, "full", "transformers"), adapter_dir)
-    loaded = load_base(base, nbits)
+    loaded = load_base(base, nbits, precisao)
     if kind == "lora":
         loaded = apply_adapter(loaded, base, adapter_dir, merge=merge)
     return loaded
 
 
-def load_base(base: str, nbits: int = 0) -> LoadedModel:
+def load_base(base: str, nbits: int = 0, precisao: str = "auto") -> LoadedModel:
     """The base model and its tokenizer (the ``predict_base`` rule, and the first half of ``predict``)."""
     from afinar.train.chat import ensure_chat_template
     from afinar.train.models import load_tokenizer, resolve_model_source
 
     source = resolve_model_source(base)
-    model, bits = _load_base_transformers(source, nbits)
+    model, bits = _load_base_transformers(source, nbits, precisao)
     tokenizer = load_tokenizer(source)
     ensure_chat_template(tokenizer, source)
     loaded = LoadedModel(model, tokenizer, "base", "transformers")
@@ -836,6 +815,7 @@ def run_prediction(
     memory_jsonl: str | Path | None = None,
     memory_png: str | Path | None = None,
     base_cache: str | Path | None = None,
+    precisao: str = "auto",
 ) -> list[Prediction]:
     """The predict rule: test split → predictions JSONL (adapter, or base when ``adapter_dir`` is None).
 
@@ -857,7 +837,7 @@ def run_prediction(
     sampler = memory_sampler(memory_jsonl) if memory_jsonl else nullcontext()
     with sampler:
         if adapter_dir is not None and adapter_kind(adapter_dir) == "lora":
-            loaded = load_base(base, nbits)
+            loaded = load_base(base, nbits, precisao)
             if kept is not None and not kept.is_file():
                 both = generate_predictions(
                     loaded.model,
@@ -870,7 +850,7 @@ def run_prediction(
                 cache.prune(kept)
             loaded = apply_adapter(loaded, base, adapter_dir)
         else:
-            loaded = load_for_inference(base, adapter_dir, backend, nbits, settings.max_seq_length)
+            loaded = load_for_inference(base, adapter_dir, backend, nbits, settings.max_seq_length, precisao)
         label = "predict (base model)" if loaded.source == "base" else "predict"
         predictions = generate_predictions(loaded.model, loaded.tokenizer, records, settings, desc=label)
     write_predictions(out_path, predictions)
