@@ -69,7 +69,7 @@ def test_defaults_fill_every_key_of_the_contract():
         and cfg["pastas"]["validacao"]["exigir_json_valido"] is True
     )
     assert cfg["predicao"] == {
-        "batch_size": 16,
+        "batch_size": "auto",
         "max_new_tokens": 512,
         "temperatura": 0.0,
         "top_p": 1.0,
