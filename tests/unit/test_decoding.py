@@ -264,3 +264,30 @@ def test_predict_job_makes_the_base_predictions_predict_base_reuses(tiny_base, t
     # another key (here: other settings) never matches the kept file
     other = cache_file(out, cache_key(split, str(tiny_base), {"predicao": {"max_new_tokens": 8}}))
     assert other != kept and not other.exists()
+
+
+def test_sliding_window_model_falls_back_to_generate(tiny_base, tmp_path, caplog):
+    """A model with sliding-window layers is refused by the static decoder and decoded by generate."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from afinar.predict.decoding import Unsupported
+
+    loaded = load_for_inference(str(tiny_base), None)
+    cfg = AutoConfig.from_pretrained(tiny_base)
+    cfg.use_sliding_window, cfg.sliding_window, cfg.max_window_layers = True, 16, 0
+    cfg.layer_types = ["sliding_attention"] * cfg.num_hidden_layers
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model.generation_config = loaded.model.generation_config
+    with pytest.raises(Unsupported):
+        StaticDecoder(model, 0, [1], 4, use_graphs=False).generate([[5, 6, 7]])
+    records = read_test_split(_split(tmp_path / "teste.parquet", 4))
+    with caplog.at_level(logging.WARNING, logger="afinar"):
+        forced = generate_predictions(
+            model, loaded.tokenizer, records, _settings(), progress=False, engine="static"
+        )
+    plain = generate_predictions(
+        model, loaded.tokenizer, records, _settings(), progress=False, engine="generate"
+    )
+    assert "does not handle this model" in caplog.text
+    assert _answers(forced) == _answers(plain)

@@ -467,6 +467,7 @@ def generate_predictions(
     if not records:
         raise AfinarError("test split: no records to predict — check predicao.n_exemplos and the test split")
     from afinar.predict.batching import ProgressLog
+    from afinar.predict.decoding import Unsupported
 
     prepare_tokenizer(tokenizer)
     texts = render_prompts(tokenizer, records)
@@ -492,6 +493,15 @@ def generate_predictions(
             t0 = time.perf_counter()
             try:
                 rows = decoder.generate([p.ids for p in batch])
+            except Unsupported as exc:
+                log.warning(
+                    "%s: the static decoder does not handle this model (%s); decoding with generate",
+                    desc,
+                    exc,
+                )
+                decoder.release()
+                decoder = _GenerateEngine(model, cfg, tokenizer.pad_token_id)
+                continue
             except Exception as exc:
                 if not _is_oom(exc):
                     raise
