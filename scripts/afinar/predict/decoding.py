@@ -116,7 +116,7 @@ class _Shape:
         self.prompt_len = prompt_len
         self.cache_len = prompt_len + decoder.max_new_tokens
         device = decoder.device
-        self.cache = StaticCache(config=decoder.model.config, max_cache_len=self.cache_len)
+        self.cache: Any = StaticCache(config=decoder.model.config, max_cache_len=self.cache_len)
         if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
             raise Unsupported("sliding-window cache layers")
         long = {"dtype": torch.long, "device": device}

@@ -755,7 +755,7 @@ def load_for_inference(
         ensure_chat_template(tokenizer, base)
         return _ready(LoadedModel(model, tokenizer, "full", "transformers"), adapter_dir)
     loaded = load_base(base, nbits, precisao)
-    if kind == "lora":
+    if kind == "lora" and adapter_dir is not None:
         loaded = apply_adapter(loaded, base, adapter_dir, merge=merge)
     return loaded
 
