@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from afinar.config import check_paths, experiments, load_config  # noqa: E402
+from afinar.config import check_paths, experiments, load_config, read_yaml  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
 from afinar.runtime import wants_gpu  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
@@ -18,6 +18,8 @@ from afinar.config.profile_check import (  # noqa: E402
 def _load():
     """Normalize and check the config once, before any job: a bad config is one line and exit 1."""
     try:
+        for path in workflow.configfiles:  # Snakemake's reader keeps a repeated key silently
+            read_yaml(path)
         cfg = load_config(dict(config))
         problems = check_paths(cfg)
     except AfinarError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from typing import Any
 
@@ -92,6 +93,11 @@ def _coerce(data: dict, schema: dict, prefix: str, found: _Problems) -> None:
         path = f"{prefix}{key}"
         if isinstance(value, dict) and "properties" in sub:
             _coerce(value, sub, f"{path}.", found)
+            continue
+        if isinstance(value, float) and not math.isfinite(value):  # YAML's .nan/.inf pass every bound check
+            example = f" such as {sub['default']}" if isinstance(sub.get("default"), int | float) else ""
+            found.add(f"{path}: {value} is not a finite number — write a number{example}")
+            data.pop(key)
             continue
         types = sub.get("type", [])
         types = [types] if isinstance(types, str) else list(types)

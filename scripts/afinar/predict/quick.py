@@ -79,6 +79,9 @@ def format_example(i: int, n: int, item: dict[str, Any], width: int) -> str:
 def choose_experiment(exps: dict[str, dict], name: str | None) -> str:
     """The experiment to use: ``--exp`` or the only one; several without ``--exp`` is an error listing them."""
     if name:
+        from afinar.config import experiment_id
+
+        name = name if name in exps else experiment_id(name)  # the name as written, or its folder id
         if name not in exps:
             raise AfinarError(f"--exp {name}: no such experiment — choose one of: {', '.join(exps)}")
         return name
