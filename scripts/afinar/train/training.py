@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 from afinar import runtime
 from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
-from afinar.io import atomic_path, atomic_write_json
+from afinar.io import atomic_dir, atomic_path, atomic_write_json
 from afinar.runtime import Runtime, choose_optim, choose_precision, import_unsloth  # noqa: F401 (old import path)
 from afinar.train import chat, checkpoints, models, token_filter
 
@@ -655,17 +654,9 @@ def train(
 
 def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
     """Save the adapter (or full model) + tokenizer under a temporary name, then rename into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved %s", out)
 
 
