@@ -22,6 +22,9 @@ RESERVED: frozenset[str] = frozenset(
     {"data", "logs", "benchmarks", "comparacao.md", "comparacao.png", "report.html"}
 )
 
+#: the comparison of all experiments (only with several)
+COMPARISON = (f"{RESULTS}/comparacao.md", f"{RESULTS}/comparacao.png")
+
 #: the tiny demo model a rule builds (a base model path under results/ is an output of this workflow)
 DEMO_MODEL = f"{RESULTS}/demo/modelo-base"
 

@@ -132,7 +132,7 @@ CASES = {
     ),
     "regex mask": (
         with_("pastas.entrada.mascara", "^doc.*"),
-        "pastas.entrada.mascara: '^doc.*' looks like a regular expression",
+        "pastas.entrada.mascara: mask '^doc.*' looks like a regular expression",
     ),
     "paciencia without validation": (
         with_("pastas.divisao.proporcao", [0.8, 0, 0.2]) | {"treinamento": {"paciencia": 2}},

@@ -23,7 +23,7 @@ from typing import Any
 
 from afinar.config.aliases import SPLIT_NAMES, _infer_input_type, _translate, parse_proporcao
 from afinar.config.checks import _check_semantics, check_env, check_paths
-from afinar.config.common import SPLITS, _as_mapping, _flatten, _get, _kind, _Problems
+from afinar.config.common import _as_mapping, _flatten, _get, _kind, _Problems
 from afinar.config.experiments import (
     EXPERIMENT_NAME,
     EXPERIMENT_SECTIONS,
@@ -43,6 +43,7 @@ from afinar.config.schema import (
     _validate_schema,
     suggest_key,
 )
+from afinar.layout import SPLITS
 
 __all__ = [
     "EXPERIMENT_NAME",

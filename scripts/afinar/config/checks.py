@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from afinar.config.common import MISSING_BASE, SPLITS, _get, _Problems
+from afinar.config.common import MISSING_BASE, _get, _Problems
+from afinar.layout import SPLITS
 
 PROPORTION_TOLERANCE = 0.01
 #: the fewest prompt tokens generation may be left with (max_seq_length - max_new_tokens)

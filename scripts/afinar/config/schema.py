@@ -12,8 +12,9 @@ import re
 from typing import Any
 
 from afinar.config.aliases import HINTS, SECTION_ALIASES
-from afinar.config.common import MISSING_BASE, SPLITS, _number, _Problems, _show
+from afinar.config.common import MISSING_BASE, _number, _Problems, _show
 from afinar.config.reading import SCHEMA_PATH, load_schema
+from afinar.layout import SPLITS
 
 TRUE_WORDS = {"true", "sim", "s", "yes", "y", "1", "on", "verdadeiro"}
 FALSE_WORDS = {"false", "nao", "não", "n", "no", "0", "off", "falso"}

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from afinar import runtime
+from afinar import layout, runtime
+from afinar.config.aliases import parse_eval_steps
 from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
 from afinar.io import atomic_dir, atomic_path, atomic_write_json
@@ -48,18 +49,21 @@ class TrainPaths:
 
     @classmethod
     def for_experiment(cls, results: str | Path, exp: str) -> TrainPaths:
-        """The contract's layout: ``results/data/*.parquet`` in, ``results/{exp}/...`` out."""
-        r, e = Path(results), Path(results) / exp
+        """The layout of afinar.layout: ``results/data/*.parquet`` in, ``results/{exp}/...`` out."""
+
+        def at(relative: str) -> Path:
+            return layout.exp_path(exp, relative, results)
+
         return cls(
-            train=r / "data" / "treino.parquet",
-            validation=r / "data" / "validacao.parquet",
-            adapter=e / "adapter",
-            metrics_summary=e / "metrics_summary.json",
-            metrics_stream=e / "metrics_stream.jsonl",
-            training_metrics=e / "treinamento" / "training_metrics.jsonl",
-            hardware_metrics=e / "treinamento" / "hardware_metrics.jsonl",
-            checkpoints=e / "checkpoints",
-            token_filter=r / "data" / "filtro_tokens" / f"{exp}.json",
+            train=layout.split_file("treino", results),
+            validation=layout.split_file("validacao", results),
+            adapter=at(layout.ADAPTER),
+            metrics_summary=at(layout.METRICS_SUMMARY),
+            metrics_stream=at(layout.METRICS_STREAM),
+            training_metrics=at(layout.TRAINING_METRICS),
+            hardware_metrics=at(layout.HARDWARE_METRICS),
+            checkpoints=at(layout.CHECKPOINTS),
+            token_filter=layout.token_filter_file(exp, results),
         )
 
     def live(self, path: Path) -> Path:
@@ -139,25 +143,11 @@ def tensorboard_callback(exp_dir: Path) -> Any:
 
 def resolve_steps(eval_steps: Any, total_steps: int) -> int:
     """``"N%"`` of all optimizer steps (of the whole run, not of one epoch as in the original, B16) or an
-    integer; 0 (or "0%") = no periodic evaluation."""
-    if isinstance(eval_steps, str) and eval_steps.strip().endswith("%"):
-        try:
-            pct = float(eval_steps.strip()[:-1])
-        except ValueError as exc:
-            raise AfinarError(
-                f"treinamento.eval_steps: {eval_steps!r} is not a percentage like '15%'"
-            ) from exc
-        if not 0 <= pct <= 100:
-            raise AfinarError(f"treinamento.eval_steps: {eval_steps!r} must be between 0% and 100%")
+    integer; 0 (or "0%") = no periodic evaluation. Parsed by the config's own reader."""
+    value = parse_eval_steps(eval_steps)
+    if isinstance(value, str):
+        pct = float(value[:-1])
         return 0 if pct == 0 else max(1, math.floor(total_steps * pct / 100))
-    try:
-        value = int(str(eval_steps).strip())
-    except ValueError as exc:
-        raise AfinarError(
-            f"treinamento.eval_steps: {eval_steps!r} must be an integer or a percentage like '15%'"
-        ) from exc
-    if value < 0:
-        raise AfinarError(f"treinamento.eval_steps: {eval_steps!r} must not be negative")
     return value
 
 
