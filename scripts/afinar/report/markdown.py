@@ -514,11 +514,21 @@ def write_report(
     misc: dict | None = None,
     relatorio: dict | None = None,
     data_config: dict | None = None,
+    html_path: str | Path | None = None,
 ) -> Path:
-    """Build, render and atomically write ``relatorio.md``; 0600 when it shows text of an encrypted source."""
+    """Build, render and atomically write ``relatorio.md`` (and its HTML page, see :mod:`afinar.report.html`).
+
+    Both are 0600 when they show text of an encrypted source.
+    """
     context = build_context(exp, exp_config, inputs, out_path, misc, relatorio, data_config)
     secret = context["encrypted"] and context["with_text"]
-    atomic_write_text(out_path, render_report(context), mode=0o600 if secret else 0o644)
+    text = render_report(context)
+    atomic_write_text(out_path, text, mode=0o600 if secret else 0o644)
+    if html_path is not None:
+        from afinar.report.html import markdown_to_html
+
+        page = markdown_to_html(text, Path(out_path).parent, f"Fine-tuning report: {exp}")
+        atomic_write_text(html_path, page, mode=0o600 if secret else 0o644)
     log.info(
         "report written to %s (%d examples, text %s)",
         out_path,
