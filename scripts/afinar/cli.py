@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from afinar import __version__
+from afinar import __version__, preflight
 from afinar.config import (
     SPLITS,
     check_env,
@@ -141,9 +140,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     raw = read_yaml(path)
     _apply_log_level(raw, args)
     found = problems(raw)
+    try:
+        cfg: dict | None = load_config(raw)
+    except AfinarError:
+        cfg = None
+    sources = {}
+    if cfg is not None:
+        found += [
+            p for p in preflight.mask_problems(cfg) + preflight.answer_format_problems(cfg) if p not in found
+        ]
+        sources = preflight.model_sources(experiments(cfg))
+        found += [_model_problem(name, src, len(sources)) for name, src in sources.items() if not src.usable]
     if not found:
-        cfg = load_config(raw)
+        assert cfg is not None
         print(summary(cfg))
+        for name, src in sources.items():
+            print(f"  {_model_label(name, len(sources))}: {src.detail}")
         names = ", ".join(experiments(cfg))
         print(f"\nConfiguração válida! {path} ({names})")
         return 0
@@ -280,8 +292,11 @@ def show_text(text: Any, hide: bool) -> str:
 
 
 def file_status(cfg: dict) -> list[str]:
-    """✓/✗ line for each path the config names (✗ lines are exactly the check_paths problems)."""
+    """✓/✗ line for each path the config names (✗ lines are exactly what validate reports)."""
     bad = {line.split(":", 1)[0]: line for line in check_paths(cfg)}
+    masks = {
+        line.split(":", 1)[0].replace(".mascara", ".pasta"): line for line in preflight.mask_problems(cfg)
+    }
     keys: list[tuple[str, ...]] = []
     if cfg["formatos"]["tipo_entrada"] == "pastas":
         entrada = (
@@ -310,18 +325,39 @@ def file_status(cfg: dict) -> list[str]:
             lines.append(f"  ✗ {bad[name]}")
         elif name == "pastas.divisao.arquivo" and not Path(value).exists():
             lines.append(f"  · {name}: {value} (will be created by the split rule)")
-        elif name == "modelo.base" and not Path(value).exists():
-            lines.append(f"  · {name}: {value} (not a local folder: a Hub id, or built by a rule)")
+        elif name == "modelo.base":
+            continue  # one line per experiment below
+        elif path[-1] == "pasta" and name in masks:
+            lines.append(f"  ✗ {masks[name]}")
         else:
             lines.append(f"  ✓ {name}: {value}{_count_hint(value, cfg, path)}")
+    exps = experiments(cfg)
+    for exp, src in preflight.model_sources(exps).items():
+        mark = {"missing": "✗", "download": "·"}.get(src.kind, "✓")
+        lines.append(f"  {mark} {_model_label(exp, len(exps))}: {src.detail}")
     return lines
 
 
 def _count_hint(value: str, cfg: dict, path: tuple[str, ...]) -> str:
+    """The number of files the mask matches, counted as the pair stage lists them."""
     if path[-1] != "pasta" or not Path(value).is_dir():
         return ""
+    from afinar.data.pairing import list_files
+
     mask = cfg["pastas"][path[1]]["mascara"]
-    return f" ({sum(1 for _ in Path(value).glob(mask))} arquivo(s) {mask})"
+    try:
+        n = len(list_files(value, mask, ".".join(path[:2])))
+    except AfinarError:
+        return ""
+    return f" ({n} arquivo(s) {mask})"
+
+
+def _model_label(exp: str, n_exps: int) -> str:
+    return "modelo.base" if n_exps == 1 else f"modelo.base ({exp})"
+
+
+def _model_problem(exp: str, src: preflight.ModelSource, n_exps: int) -> str:
+    return f"{_model_label(exp, n_exps)}: {src.detail}"
 
 
 def pairing_counts(cfg: dict, results: Path) -> str:
@@ -363,7 +399,7 @@ def token_statistics(cfg: dict, splits: dict[str, list[dict]]) -> str:
     exps = experiments(cfg)
     base = next(iter(exps.values()))["modelo"]["base"]
     max_len = next(iter(exps.values()))["treinamento"]["max_seq_length"]
-    if not _available_locally(base):
+    if preflight.model_source(base, hub=False).kind not in ("local", "cache"):
         return f"  tokenizer of {base} not available locally (no such folder, not in the Hugging Face cache) — token statistics skipped"
     try:
         from transformers import AutoTokenizer
@@ -384,18 +420,6 @@ def token_statistics(cfg: dict, splits: dict[str, list[dict]]) -> str:
             f"max {max(counts)} | total {sum(counts)} | acima de max_seq_length: {over}"
         )
     return "\n".join(lines)
-
-
-def _available_locally(base: str) -> bool:
-    """A local folder, or a Hub id already in the cache (checked before importing transformers: it is slow)."""
-    if Path(base).is_dir():
-        return True
-    if "/" not in base or base.startswith((".", "/")):
-        return False
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub"
-    )
-    return Path(hub, "models--" + base.replace("/", "--")).is_dir()
 
 
 def _count_tokens(tokenizer: Any, messages: list[dict]) -> int:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from afinar.data.answers import normalize_answer
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
+from afinar.preflight import resolved
 
 log = logging.getLogger("afinar.data.pairing")
 
@@ -95,7 +96,7 @@ def list_files(folder: str | Path, mask: str, key: str = "pastas", strict: bool 
         if not raw:
             raise AfinarError(f"{key}.pasta: not set — give the folder of files")
         what = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise AfinarError(f"{key}.pasta: {raw!r} {what} — fix the path in the config")
+        raise AfinarError(f"{key}.pasta: {resolved(raw)} {what} — fix the path in the config")
     hidden_ok = pattern.startswith(".")
     found = []
     with os.scandir(folder) as entries:
@@ -151,7 +152,7 @@ def read_input_frame(path: str | Path, text_col: str, id_col: str) -> dict[str, 
     key = "pastas.entrada.dataframe"
     path = Path(path)
     if not path.is_file():
-        raise AfinarError(f"{key}: file {str(path)!r} does not exist — fix the path in the config")
+        raise AfinarError(f"{key}: file {resolved(str(path))} does not exist — fix the path in the config")
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
