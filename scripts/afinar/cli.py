@@ -149,13 +149,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         found += [
             p for p in preflight.mask_problems(cfg) + preflight.answer_format_problems(cfg) if p not in found
         ]
-        sources = preflight.model_sources(experiments(cfg))
-        found += [_model_problem(name, src, len(sources)) for name, src in sources.items() if not src.usable]
+        sources = model_lines(cfg)
+        found += [line for usable, line in sources if not usable]
     if not found:
         assert cfg is not None
         print(summary(cfg))
-        for name, src in sources.items():
-            print(f"  {_model_label(name, len(sources))}: {src.detail}")
+        for _, line in sources:
+            print(f"  {line}")
         names = ", ".join(experiments(cfg))
         print(f"\nConfiguração válida! {path} ({names})")
         return 0
@@ -331,10 +331,24 @@ def file_status(cfg: dict) -> list[str]:
             lines.append(f"  ✗ {masks[name]}")
         else:
             lines.append(f"  ✓ {name}: {value}{_count_hint(value, cfg, path)}")
+    for usable, line in model_lines(cfg):
+        mark = "✗" if not usable else ("·" if "will be downloaded" in line else "✓")
+        lines.append(f"  {mark} {line}")
+    return lines
+
+
+def model_lines(cfg: dict) -> list[tuple[bool, str]]:
+    """One line per distinct base model: a local folder, in the Hugging Face cache, or to be downloaded."""
     exps = experiments(cfg)
-    for exp, src in preflight.model_sources(exps).items():
-        mark = {"missing": "✗", "download": "·"}.get(src.kind, "✓")
-        lines.append(f"  {mark} {_model_label(exp, len(exps))}: {src.detail}")
+    sources = preflight.model_sources(exps)
+    by_base: dict[str, list[str]] = {}
+    for name, exp in exps.items():
+        by_base.setdefault(str(exp["modelo"]["base"]), []).append(name)
+    lines = []
+    for names in by_base.values():
+        src = sources[names[0]]
+        label = "modelo.base" if len(exps) == 1 else f"modelo.base ({', '.join(names)})"
+        lines.append((src.usable, f"{label}: {src.detail}"))
     return lines
 
 
@@ -350,14 +364,6 @@ def _count_hint(value: str, cfg: dict, path: tuple[str, ...]) -> str:
     except AfinarError:
         return ""
     return f" ({n} arquivo(s) {mask})"
-
-
-def _model_label(exp: str, n_exps: int) -> str:
-    return "modelo.base" if n_exps == 1 else f"modelo.base ({exp})"
-
-
-def _model_problem(exp: str, src: preflight.ModelSource, n_exps: int) -> str:
-    return f"{_model_label(exp, n_exps)}: {src.detail}"
 
 
 def pairing_counts(cfg: dict, results: Path) -> str:
