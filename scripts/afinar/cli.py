@@ -179,7 +179,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     section("Arquivos")
     for line in file_status(cfg):
         print(line)
-    for line in check_env(cfg):
+    for line in check_env(cfg) + preflight.answer_format_problems(cfg):
         print(f"  ✗ {line}")
 
     section("Pareamento")
@@ -248,12 +248,28 @@ def cmd_list_files(args: argparse.Namespace) -> int:
     paired = sorted(set(inputs) & set(answers))
     input_only = sorted(set(inputs) - set(answers))
     answer_only = sorted(set(answers) - set(inputs))
-    print(f"{len(paired)} par(es) | {len(inputs)} entrada(s) | {len(answers)} resposta(s) esperada(s)")
+    # the pair stage's own verdict, so this count is the one training gets (invalid answers left out)
+    invalid = {
+        i["id"]: i["motivo"]
+        for i in pairing.pair_records(
+            entrada, predicao, {**pastas["validacao"], "skip_invalidos": True}, cfg["formatos"]
+        ).invalid
+    }
+    line = f"{len(paired) - len(invalid)} par(es) | {len(inputs)} entrada(s) | {len(answers)} resposta(s) esperada(s)"
+    if invalid:
+        line += (
+            f" | {len(paired)} ids nos dois lados, {len(invalid)} inválido(s) "
+            f"(left out by the pair stage: {pairing.invalid_hint(list(invalid.values()), len(paired), cfg['formatos'])})"
+        )
+    print(line)
     shown = paired if args.all else paired[:20]
     for rid in shown:
-        print(f"  {rid}: {inputs[rid]} -> {answers[rid]}")
+        mark = f"  ✗ {invalid[rid]}" if rid in invalid else ""
+        print(f"  {rid}: {inputs[rid]} -> {answers[rid]}{mark}")
     if len(shown) < len(paired):
         print(f"  ... (+{len(paired) - len(shown)}; --all lists every pair)")
+    if invalid:
+        print(f"inválidos ({len(invalid)}): {pairing.format_ids(sorted(invalid), 50)}")
     print(f"entrada sem par ({len(input_only)}): {pairing.format_ids(input_only, 50) or '-'}")
     print(f"predicao sem par ({len(answer_only)}): {pairing.format_ids(answer_only, 50) or '-'}")
     return 0
