@@ -480,7 +480,9 @@ def train(
     """
     import torch
 
-    exp = experiment if isinstance(experiment, Experiment) else experiment_from_partial(experiment)
+    if not isinstance(experiment, Experiment):  # training reads modelo, treinamento and lora only
+        experiment = experiment_from_partial({k: v for k, v in experiment.items() if k != "predicao"})
+    exp = experiment
     tr = exp.treinamento
     if threads:
         torch.set_num_threads(max(1, int(threads)))
