@@ -187,7 +187,7 @@ def predict_base_inputs(wildcards):
     """
     inputs = {
         "teste": f"{DATA}/teste.parquet",
-        "after_adapter": ancient(f"results/{wildcards.exp}/adapter"),
+        "after_adapter": ancient(str(layout.exp_path(wildcards.exp, layout.ADAPTER))),
     }
     inputs.update(zip(["base"], base_model_input(wildcards)))
     return inputs
