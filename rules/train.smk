@@ -21,6 +21,7 @@ rule demo_model:
     conda:
         "../envs/train-cpu.yaml"
     params:
+        codigo=library_code("demo_model.py"),
         seed=0,
     script:
         "../scripts/demo_model.py"
@@ -38,6 +39,7 @@ rule filter_tokens:
     conda:
         train_env
     params:
+        codigo=library_code("filter_tokens.py"),
         base=exp_value("modelo", "base"),
         max_seq_length=exp_value("treinamento", "max_seq_length"),
         filtro_tokens=exp_value("treinamento", "filtro_tokens"),
@@ -66,6 +68,7 @@ rule train:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
     params:
+        codigo=library_code("train.py"),
         modelo=exp_section("modelo"),
         treinamento=exp_section("treinamento"),
         lora=exp_section("lora"),

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from afinar.code_version import module_file
+
 ROOT = Path(__file__).resolve().parents[2]
 ENVS = sorted((ROOT / "envs").glob("*.yaml"))
 REQUIRED_ENVS = {"data.yaml", "train.yaml", "train-cpu.yaml", "report.yaml"}
@@ -274,12 +276,16 @@ def third_party_imports(path: Path, seen: set[Path] | None = None, rule: str | N
         for name in names:
             top = name.split(".")[0]
             if top == "afinar":
-                parts = name.split(".")
-                mods = [parts[1]] if len(parts) > 1 else []
-                if isinstance(node, ast.ImportFrom) and len(parts) == 1:
-                    mods = [a.name for a in node.names]
-                for mod in mods:
-                    found |= third_party_imports(ROOT / "scripts/afinar" / f"{mod}.py", seen)
+                # afinar.x.y, its packages' __init__ files, and `from afinar.x import submodule`
+                dotted = [name]
+                if isinstance(node, ast.ImportFrom):
+                    dotted += [f"{name}.{a.name}" for a in node.names]
+                for mod in dotted:
+                    parts = mod.split(".")
+                    for i in range(1, len(parts) + 1):
+                        target = module_file(ROOT / "scripts", ".".join(parts[:i]))
+                        if target is not None:
+                            found |= third_party_imports(target, seen)
             else:
                 found.add(top)
     return {m for m in found if m not in sys.stdlib_module_names and m not in NOT_FROM_ENV}
