@@ -137,6 +137,18 @@ def train_inputs(wildcards):
     return inputs
 
 
+def train_settings(wildcards):
+    """`treinamento` minus `checkpoint_minutos`: how often checkpoints are written never changes the
+    adapter, so it must not rerun train; it travels as the `checkpoint_s` resource instead."""
+    section = exp_params(wildcards, "treinamento")
+    return {k: v for k, v in section.items() if k != "checkpoint_minutos"}
+
+
+def train_checkpoint_s(wildcards):
+    """`treinamento.checkpoint_minutos` in whole seconds (resources are integers; 0 = off)."""
+    return round(60 * float(exp_params(wildcards, "treinamento")["checkpoint_minutos"] or 0))
+
+
 def train_gpus(wildcards):
     """One GPU slot for the Unsloth/auto backends; none for `backend: transformers`, the CPU path."""
     return 1 if EXPS[wildcards.exp]["treinamento"]["backend"] in GPU_BACKENDS else 0

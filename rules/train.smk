@@ -67,10 +67,11 @@ rule train:
         gpu=train_gpus,
         mem_mb=train_mem_mb,
         runtime=train_runtime,
+        checkpoint_s=train_checkpoint_s,
     params:
         codigo=library_code("train.py"),
         modelo=exp_section("modelo"),
-        treinamento=exp_section("treinamento"),
+        treinamento=train_settings,
         lora=exp_section("lora"),
         checkpoints="results/{exp}/checkpoints",
     script:

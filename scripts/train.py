@@ -41,7 +41,8 @@ def main(smk) -> None:
     )
     exp = {"modelo": smk.params.modelo, "treinamento": smk.params.treinamento, "lora": smk.params.lora}
     with slot:
-        train(exp, paths, threads=smk.threads)
+        checkpoint_minutes = int(getattr(smk.resources, "checkpoint_s", 0)) / 60
+        train(exp, paths, threads=smk.threads, checkpoint_minutes=checkpoint_minutes)
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

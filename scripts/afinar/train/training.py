@@ -450,12 +450,18 @@ def count_parameters(model: Any) -> dict[str, Any]:
 
 
 def train(
-    exp: dict, paths: TrainPaths, extra_callbacks: Sequence[Any] = (), threads: int | None = None
+    exp: dict,
+    paths: TrainPaths,
+    extra_callbacks: Sequence[Any] = (),
+    threads: int | None = None,
+    checkpoint_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train one experiment (``exp`` = merged ``{modelo, treinamento, lora}``) and write its outputs.
 
     ``threads`` caps torch's CPU threads (the rule's ``threads``): on a shared machine, more threads
-    than free cores make small CPU runs 10x slower from spinning. Returns the summary written to
+    than free cores make small CPU runs 10x slower from spinning. ``checkpoint_minutes`` (the rule passes
+    it apart from ``treinamento`` so that it never reruns train) overrides ``checkpoint_minutos``.
+    Returns the summary written to
     ``metrics_summary.json``.
     """
     import torch
@@ -637,7 +643,12 @@ def train(
 
     # 6. checkpoints: resume only a run with the same settings and data
     fingerprint = checkpoints.run_fingerprint(
-        {"modelo": modelo, "treinamento": tr, "lora": lora, "backend": backend},
+        {
+            "modelo": modelo,
+            "treinamento": {k: v for k, v in tr.items() if k != "checkpoint_minutos"},  # not a result's
+            "lora": lora,
+            "backend": backend,
+        },
         [p for p in (paths.train, paths.validation, paths.token_filter) if p is not None and p.is_file()],
     )
     resume = checkpoints.prepare_folder(
@@ -648,6 +659,10 @@ def train(
 
     from afinar.monitor import BackgroundSampler
     from afinar.train.callbacks import MetricsCallback
+    from afinar.train.resume import SafeCheckpoints, use_epoch_seeded_sampler
+
+    minutes = tr.get("checkpoint_minutos") if checkpoint_minutes is None else checkpoint_minutes
+    safe = SafeCheckpoints(minutes if save else None, on_signal=save)
 
     shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
     sampler = BackgroundSampler(
@@ -662,8 +677,9 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[metrics_cb, *callbacks],
+        callbacks=[metrics_cb, safe, *callbacks],
     )
+    use_epoch_seeded_sampler(trainer, seed)  # exact resume from any epoch
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
@@ -677,7 +693,7 @@ def train(
     )
 
     # 7. train, evaluate, save
-    with sampler:
+    with sampler, safe:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if eval_ds is not None else {}
     save_model(trainer, tokenizer, paths.adapter)
