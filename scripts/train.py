@@ -8,6 +8,14 @@ from afinar.errors import AfinarError, run_rule
 
 
 def main(smk) -> None:
+    from afinar.train.attempts import keep_attempts
+
+    # every attempt (retries, requeues, resubmits) stays in the rule log, each under its own header
+    with keep_attempts(smk.log[0] if len(smk.log) else None):
+        run(smk)
+
+
+def run(smk) -> None:
     backend = smk.params.treinamento["backend"]
     # Snakemake scales a job's gpu request down to --resources gpu=N; with N=0 the job gets no GPU.
     if int(getattr(smk.resources, "gpu", 1)) == 0 and backend in ("auto", "unsloth"):
@@ -40,8 +48,8 @@ def main(smk) -> None:
         token_filter=Path(smk.input.filtro_tokens) if smk.input.get("filtro_tokens") else None,
     )
     exp = {"modelo": smk.params.modelo, "treinamento": smk.params.treinamento, "lora": smk.params.lora}
+    checkpoint_minutes = int(getattr(smk.resources, "checkpoint_s", 0)) / 60
     with slot:
-        checkpoint_minutes = int(getattr(smk.resources, "checkpoint_s", 0)) / 60
         train(exp, paths, threads=smk.threads, checkpoint_minutes=checkpoint_minutes)
 
 

@@ -141,3 +141,18 @@ def test_checkpoints_by_wall_time(tiny_model_dir, reference):
     safe = SafeCheckpoints(minutes=2, clock=lambda: 60.0 * next(ticks))  # a minute per look at the clock
     steps = saved_steps("timed", [safe])
     assert len([s for s in steps if s < 8]) >= 3 and steps == sorted(set(steps)), steps
+
+
+def test_a_known_job_end_time_stops_with_a_checkpoint_before_it(tiny_model_dir, reference):
+    """Inside SLURM the job's end time is known: the run checkpoints and stops while a step still fits."""
+    splits, _ = reference
+    exp = experiment(tiny_model_dir, batch_size=8, max_steps=30, eval_steps=100)
+    seconds = iter(range(0, 100_000))
+    fake_now = lambda: float(next(seconds))  # noqa: E731 — one second per look at the clock
+    safe = SafeCheckpoints(None, end_time=60.0, wall_clock=fake_now)
+    paths = paths_for(splits, "deadline")
+    with pytest.raises(TrainingInterrupted, match="SLURM time limit at step"):
+        train(exp, paths, extra_callbacks=[safe])
+    newest = checkpoints.latest_complete(paths.checkpoints)
+    assert newest is not None and checkpoints.checkpoint_step(newest) == safe.stopped_at
+    assert 0 < safe.stopped_at < 30

@@ -16,15 +16,23 @@ Two things make a resumed run differ from the uninterrupted one, and two lose wo
   full (the Trainer writes ``trainer_state.json`` last, which is what
   :func:`afinar.train.checkpoints.is_complete` checks), then the run stops with
   :class:`TrainingInterrupted`. A second signal while that is under way stops at once.
+- **A time limit that arrives mid-step.** Inside a SLURM job the run also reads the job's end time
+  (``squeue``) and stops the same way, checkpoint first, when the next steps plus a checkpoint would no
+  longer fit: whether a signal reaches this process through Snakemake's job step depends on the
+  cluster (a Snakemake process above it dies on SIGTERM/SIGUSR1 at once), the end time does not.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -37,6 +45,21 @@ from afinar.errors import AfinarError
 log = logging.getLogger("afinar.train.resume")
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+
+def slurm_end_time(timeout_s: float = 20.0) -> float | None:
+    """The current SLURM job's end time (seconds since the epoch), or None outside SLURM / when unknown."""
+    job = os.environ.get("SLURM_JOB_ID")
+    squeue = shutil.which("squeue")
+    if not job or squeue is None:
+        return None
+    try:
+        done = subprocess.run(
+            [squeue, "-h", "-j", job, "-o", "%e"], capture_output=True, text=True, timeout=timeout_s
+        )
+        return datetime.fromisoformat(done.stdout.strip().splitlines()[0]).timestamp()
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None  # no limit known (UNLIMITED, N/A, squeue failing): signals still work
 
 
 class TrainingInterrupted(AfinarError):
@@ -84,9 +107,25 @@ class SafeCheckpoints(TrainerCallback):
     the previous ones restored on exit (only with ``on_signal``). ``clock`` is injectable so tests decide
     when time has passed."""
 
-    def __init__(self, minutes: float | None, on_signal: bool = True, clock: Any = time.monotonic):
+    #: seconds kept free before a job's end time on top of the slowest step and checkpoint seen so far
+    END_MARGIN_S = 15.0
+
+    def __init__(
+        self,
+        minutes: float | None,
+        on_signal: bool = True,
+        clock: Any = time.monotonic,
+        end_time: float | None = None,
+        wall_clock: Any = time.time,
+    ):
         self.interval_s = float(minutes) * 60 if minutes else None
         self.on_signal = on_signal
+        self.end_time = end_time
+        self.wall_clock = wall_clock
+        self.slowest_step_s = 0.0
+        self.slowest_save_s = 0.0
+        self._step_start: float | None = None
+        self._save_start: float | None = None
         self.clock = clock
         self.last_save = clock()
         self.signal_name: str | None = None
@@ -127,17 +166,38 @@ class SafeCheckpoints(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_save = self.clock()
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_start = self.wall_clock()
+
+    def _near_the_end(self) -> bool:
+        """Would one more step, a checkpoint and the margin pass the job's end time?"""
+        if self.end_time is None:
+            return False
+        needed = 2 * self.slowest_step_s + 2 * self.slowest_save_s + self.END_MARGIN_S
+        return self.wall_clock() + needed >= self.end_time
+
     def on_step_end(self, args, state, control, **kwargs):
+        now = self.wall_clock()
+        if self._step_start is not None:
+            self.slowest_step_s = max(self.slowest_step_s, now - self._step_start)
+        if self.signal_name is None and self._near_the_end():
+            self.signal_name = "the SLURM time limit"
+            log.warning("the job's time limit is near: writing a checkpoint and stopping")
         if self.signal_name is not None:
             control.should_save = True
             control.should_training_stop = True
         elif self.interval_s is not None and self.clock() - self.last_save >= self.interval_s:
             log.info("checkpoint_minutos: %.0f s since the last checkpoint", self.clock() - self.last_save)
             control.should_save = True
+        if control.should_save:
+            self._save_start = now
         return control
 
     def on_save(self, args, state, control, **kwargs):
         self.last_save = self.clock()
+        if self._save_start is not None:
+            self.slowest_save_s = max(self.slowest_save_s, self.wall_clock() - self._save_start)
+            self._save_start = None
         if self.signal_name is not None:
             self.stopped_at = state.global_step
             raise TrainingInterrupted(

@@ -659,10 +659,12 @@ def train(
 
     from afinar.monitor import BackgroundSampler
     from afinar.train.callbacks import MetricsCallback
-    from afinar.train.resume import SafeCheckpoints, use_epoch_seeded_sampler
+    from afinar.train.resume import SafeCheckpoints, slurm_end_time, use_epoch_seeded_sampler
 
     minutes = tr.get("checkpoint_minutos") if checkpoint_minutes is None else checkpoint_minutes
-    safe = SafeCheckpoints(minutes if save else None, on_signal=save)
+    safe = SafeCheckpoints(
+        minutes if save else None, on_signal=save, end_time=slurm_end_time() if save else None
+    )
 
     shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
     sampler = BackgroundSampler(
