@@ -10,6 +10,7 @@ The dry-run tests need no cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -262,3 +263,55 @@ def test_jobs_bigger_than_every_node_are_refused_before_submission(trained, tmp_
     assert "my-profile/config.yaml: rule train asks mem_mb=64000, 8 CPUs, 1 GPUs" in line, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout
     assert not record.exists()  # nothing reached sbatch
+
+
+# ------------------------------------------------------------- a time limit shorter than the training
+
+
+def time_limited_profile(dest: Path) -> Path:
+    """The test profile with a 2-minute train job that is also signalled (as profiles/slurm does) 30 s
+    before its limit, and one torch thread (the test node has 2 CPUs shared by every job)."""
+    profile = yaml.safe_load((TEST_PROFILE / "config.yaml").read_text())
+    profile["set-resources"]["train"].update(runtime=2, slurm_extra="'--signal=B:USR1@30'")
+    profile["set-threads"] = {"train": 1}
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest
+
+
+@pytest.mark.slurm
+def test_training_longer_than_its_time_limit_finishes_over_retries(cluster, tmp_path):
+    """100 steps need more than one 2-minute job on this machine (about 1 s per step under load, 20-40 s
+    to start): each attempt checkpoints before the limit (SIGTERM from the signalled job, or the job's
+    end time read from squeue), fails, is resubmitted by --retries and resumes where the last stopped."""
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = smoke_config(wf, max_steps=100, epochs=20, eval_steps=25, checkpoint_minutos=0)
+    profile = time_limited_profile(tmp_path / "profile")
+    proc = snakemake(
+        wf, "--profile", str(profile), "--until", "train", "--configfile", cfg, "--retries", "10"
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((wf / "results" / "demo" / "metrics_summary.json").read_text())
+    assert summary["global_step"] == 100
+
+    log = (wf / "results" / "logs" / "train" / "demo.log").read_text()
+    attempts = re.split(r"^===== afinar: attempt \d+ .*=====$", log, flags=re.M)[1:]
+    assert len(attempts) >= 2, "the training fit in one time limit: the test needs it to be cut"
+    stopped = [
+        int(m.group(1))
+        for a in attempts[:-1]
+        for m in [re.search(r"training stopped by .* at step (\d+)/", a)]
+        if m
+    ]
+    assert len(stopped) == len(attempts) - 1, log[-4000:]  # every cut attempt wrote its checkpoint first
+    resumed = [
+        int(m.group(1))
+        for a in attempts[1:]
+        for m in [re.search(r"resuming from \S+checkpoint-(\d+) ", a)]
+        if m
+    ]
+    assert resumed == stopped, (resumed, stopped)  # each attempt starts where the previous one stopped
+    assert 0 < stopped[0] and stopped == sorted(set(stopped)) and stopped[-1] < 100  # progress every time
+    submitted = re.findall(r"SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_train/", out)
+    assert len(submitted) == len(attempts), out[-4000:]

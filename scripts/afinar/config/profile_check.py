@@ -62,7 +62,11 @@ def profile_files(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             found = get_profile_dir(profile)
         except Exception:  # an old or absent snakemake: name the profile as given
             found = None
-        files.append(os.path.relpath(found[1]) if found else profile)
+        if found is None:
+            files.append(profile)
+            continue
+        relative = os.path.relpath(found[1])
+        files.append(str(found[1]) if relative.startswith("..") else relative)
     return files
 
 
