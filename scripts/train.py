@@ -16,9 +16,18 @@ def main(smk) -> None:
 
 
 def run(smk) -> None:
-    backend = smk.params.treinamento["backend"]
+    from afinar.config.settings import Experiment
+    from afinar.runtime import wants_gpu
+
+    p = smk.params
+    # checkpoint_minutos travels as a resource (it must never rerun train): back into its section here
+    treinamento = {**p.treinamento, "checkpoint_minutos": int(getattr(smk.resources, "checkpoint_s", 0)) / 60}
+    experiment = Experiment.from_sections(
+        smk.wildcards.exp, {"modelo": p.modelo, "treinamento": treinamento, "lora": p.lora}
+    )
+    backend = experiment.treinamento.backend
     # Snakemake scales a job's gpu request down to --resources gpu=N; with N=0 the job gets no GPU.
-    if int(getattr(smk.resources, "gpu", 1)) == 0 and backend in ("auto", "unsloth"):
+    if int(getattr(smk.resources, "gpu", 1)) == 0 and wants_gpu(backend):
         if backend == "unsloth":
             raise AfinarError(
                 "treinamento.backend: unsloth needs a GPU but snakemake ran this job with --resources gpu=0 — "
@@ -47,10 +56,8 @@ def run(smk) -> None:
         checkpoints=Path(smk.params.checkpoints),
         token_filter=Path(smk.input.filtro_tokens) if smk.input.get("filtro_tokens") else None,
     )
-    exp = {"modelo": smk.params.modelo, "treinamento": smk.params.treinamento, "lora": smk.params.lora}
-    checkpoint_minutes = int(getattr(smk.resources, "checkpoint_s", 0)) / 60
     with slot:
-        train(exp, paths, threads=smk.threads, checkpoint_minutes=checkpoint_minutes)
+        train(experiment, paths, threads=smk.threads)
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

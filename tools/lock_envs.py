@@ -47,7 +47,7 @@ ENVS: dict[str, tuple[str, str, list[str] | None, str]] = {
         CPU_LOCK,
         ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors"]
         + ["huggingface-hub", "numpy", "pandas", "pyarrow", "cryptography", "pyyaml", "psutil", "tqdm"]
-        + ["matplotlib", "gguf", "onnx", "onnx-ir", "onnxscript", "onnxruntime", "tensorboard"],
+        + ["matplotlib", "gguf", "onnx", "onnx-ir", "onnxscript", "onnxruntime", "tensorboard", "jsonschema"],
         "train/predict with backend: transformers (TRL 1.16 trains on CPU; 1.15 cannot), demo_model,\n"
         "# export_gguf, export_onnx; torch is the CPU build.",
     ),
