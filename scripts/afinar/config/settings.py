@@ -55,6 +55,7 @@ class TrainSettings:
     eval_steps: int | str
     save_checkpoints: bool
     resume_from_checkpoint: bool
+    checkpoint_minutos: float
     nbits: int
     seed: int
     train_on_responses_only: bool
@@ -75,7 +76,6 @@ class TrainSettings:
     pad_to_multiple_of: int | None
     max_steps: int
     filtro_tokens: TokenFilterSettings
-    checkpoint_minutos: float
 
     @property
     def bits(self) -> int:
