@@ -10,6 +10,10 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from afinar.code_version import library_digest  # noqa: E402
 from afinar.config import check_paths, experiments, load_config  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
+from afinar.preflight import (  # noqa: E402
+    check_models_available,
+    experiments_needing_models,
+)
 from afinar.runtime import wants_gpu  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
@@ -49,6 +53,16 @@ def _check_gpu_resources():
                     f"experiment {name}: treinamento.backend: unsloth needs a GPU but snakemake was given "
                     "--resources gpu=0 — give it one (--resources gpu=1) or set treinamento.backend: transformers"
                 )
+
+
+def check_models_before_jobs(workflow):
+    """Called from onstart: the base models of the experiments whose planned jobs load one are available.
+
+    A Hub id that is not cached while offline would otherwise fail only in the train job, after the
+    data stages and ~100 s of Hub retries."""
+    needed = experiments_needing_models(workflow.dag.needrun_jobs())
+    if needed:
+        check_models_available(EXPS, needed)
 
 
 CFG = _load()

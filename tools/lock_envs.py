@@ -39,8 +39,8 @@ ENVS: dict[str, tuple[str, str, list[str] | None, str]] = {
         "3.11.14",
         CPU_LOCK,
         ["numpy", "pandas", "pyarrow", "matplotlib", "jinja2", "pyyaml", "psutil", "tokenizers"]
-        + ["transformers", "huggingface-hub"],
-        "evaluate, charts, report, compare; transformers + tokenizers only count tokens (no torch).",
+        + ["transformers", "huggingface-hub", "markdown"],
+        "evaluate, charts, report (markdown renders the HTML report), compare; transformers + tokenizers only\n# count tokens (no torch).",
     ),
     "train-cpu": (
         "3.11.14",

@@ -66,7 +66,8 @@ def test_defaults_fill_every_key_of_the_contract():
     assert div["proporcao"] == {"treino": 0.7, "validacao": 0.1, "teste": 0.2} and div["seed"] == 42
     assert (
         cfg["pastas"]["entrada"]["mascara"] == "*.txt"
-        and cfg["pastas"]["validacao"]["exigir_json_valido"] is True
+        # formato_saida (default texto) decides: plain-text answers need no JSON (issue 13)
+        and cfg["pastas"]["validacao"]["exigir_json_valido"] is (cfg["formatos"]["formato_saida"] == "json")
     )
     assert cfg["predicao"] == {
         "batch_size": 16,

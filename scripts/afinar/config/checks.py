@@ -121,7 +121,8 @@ def check_paths(cfg: dict) -> list[str]:
         ok = p.is_dir() if kind == "folder" else p.is_file()
         if not ok:
             what = "not a folder" if p.exists() else "does not exist"
-            found.append(f"{'.'.join(keys)}: {kind} '{value}' {what} — {hint}")
+            where = "" if p.is_absolute() else f" (relative to {Path.cwd()})"
+            found.append(f"{'.'.join(keys)}: {kind} '{value}'{where} {what} — {hint}")
 
     if cfg["formatos"]["tipo_entrada"] == "pastas":
         need(("pastas", "predicao", "pasta"), "folder", "point it to the folder of expected-output files")

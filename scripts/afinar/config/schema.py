@@ -245,6 +245,10 @@ def _finish(cfg: dict) -> None:
     t = cfg.get("treinamento", {})
     if isinstance(t.get("learning_rate"), int):
         t["learning_rate"] = float(t["learning_rate"])
+    validacao = cfg.get("pastas", {}).get("validacao")
+    if isinstance(validacao, dict) and validacao.get("exigir_json_valido") is None:
+        # formato_saida is the one switch: plain-text answers need no JSON unless asked (issue 13)
+        validacao["exigir_json_valido"] = cfg.get("formatos", {}).get("formato_saida") == "json"
 
 
 def _order(data: dict, schema: dict) -> None:

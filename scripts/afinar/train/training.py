@@ -457,8 +457,16 @@ def load_unsloth(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, Any]:
 
 
 def count_parameters(model: Any) -> dict[str, Any]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """Trainable and total parameters, as metrics_summary.json's ``modelo_info`` (what the report reads).
+
+    A PEFT model counts itself: bitsandbytes packs two 4-bit weights per byte, so ``numel()`` of a
+    quantized base would report half the real size (108,544 of 666,368 instead of 1,005,312).
+    """
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = (int(n) for n in model.get_nb_trainable_parameters())
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
     return {
         "treinaveis": trainable,
         "total": total,
