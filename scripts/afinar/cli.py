@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from afinar import __version__, preflight
+from afinar import __version__, layout, preflight
 from afinar.config import (
     SPLITS,
     check_env,
@@ -186,7 +186,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(pairing_counts(cfg, results))
 
     section("Divisão")
-    splits = {s: results / "data" / f"{s}.parquet" for s in SPLITS}
+    splits = {s: layout.split_file(s, results) for s in SPLITS}
     loaded = {s: _read_split(p) for s, p in splits.items() if p.is_file()}
     if not loaded:
         print(f"  no split files under {results / 'data'} yet (run snakemake to create them)")
@@ -208,7 +208,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     section("Experimentos")
     for name, exp in experiments(cfg).items():
-        adapter = results / name / "adapter"
+        adapter = layout.exp_path(name, layout.ADAPTER, results)
         state = (
             "treinado"
             if (adapter / "adapter_config.json").is_file() or (adapter / "config.json").is_file()

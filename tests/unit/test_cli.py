@@ -104,6 +104,7 @@ def test_inspect_shows_first_and_last_records_and_token_statistics(
     cfg = yaml.safe_load((project / "c.yaml").read_text())
     cfg["modelo"]["base"] = str(tiny_model_dir)
     cfg["treinamento"] = {"max_seq_length": 64}
+    cfg["predicao"] = {"max_new_tokens": 32}  # within max_seq_length, or validate refuses the config
     (project / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["inspect", "c.yaml"]) == 0  # in-process: a subprocess would re-import transformers
     out = capsys.readouterr().out

@@ -79,7 +79,13 @@ def test_defaults_fill_every_key_of_the_contract():
     }
     assert cfg["dataset"]["hf_splits"] == {"treino": "train", "validacao": "validation", "teste": "test"}
     assert cfg["relatorio"] == {"mostrar_exemplos": None, "n_exemplos": 3}
-    assert cfg["exportacao"] == {"merged": False, "gguf": "", "llama_cpp": "", "onnx": False}
+    assert cfg["exportacao"] == {
+        "merged": False,
+        "gguf": "",
+        "llama_cpp": "",
+        "gguf_pre_tokenizer": "",
+        "onnx": False,
+    }
     assert cfg["avaliacao"] == {"campos": []} and cfg["experimentos"] == {}
     assert cfg["misc"] == {"log_level": "INFO", "env_chave_criptografia": ""}
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from afinar.config.aliases import glob_mask  # the one mask rule (validate uses it too)
 from afinar.data.answers import normalize_answer
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
@@ -35,42 +35,11 @@ PAIRS_SCHEMA = pa.schema([("id", pa.string()), ("texto", pa.string()), ("respost
 PRIVATE_MODE = 0o600
 _SHOWN = 10  # ids quoted in a message before "(+N more)"
 
-# The original tool's default mask was the regex ``^(.+)\.txt$`` used as a glob, which matches nothing
-# (bug B5). Regexes of that shape ("any name, then an extension") are translated to the glob they meant.
-_REGEX_ANY_NAME_EXT = re.compile(r"^\^?\(?\.[*+]\)?\\\.([A-Za-z0-9_]+)\$?$")
-_REGEX_MARKERS = ("^", "$", "\\", "(", ")", "+", ".*", "|", "{")
-
 
 def format_ids(ids: list[str], shown: int = _SHOWN) -> str:
     """``a, b, c (+7 more)``: enough ids to find the problem without flooding a one-line message."""
     head = ", ".join(ids[:shown])
     return head + (f" (+{len(ids) - shown} more)" if len(ids) > shown else "")
-
-
-def glob_mask(mask: str, key: str) -> str:
-    """Return the shell glob to list files with, translating the original's regex default.
-
-    ``^(.+)\\.txt$`` (and the same shape with another extension) becomes ``*.txt`` with a warning;
-    any other mask that looks like a regular expression, or that reaches into subfolders, is an
-    error, because guessing what a regex meant would silently pick the wrong files.
-    """
-    mask = (mask or "").strip() or "*.txt"
-    match = _REGEX_ANY_NAME_EXT.match(mask)
-    if match:
-        glob = f"*.{match.group(1)}"
-        log.warning("%s: %r is a regular expression; using the glob %r it stands for", key, mask, glob)
-        return glob
-    if "/" in mask or os.sep in mask:
-        raise AfinarError(
-            f"{key}: mask {mask!r} names a subfolder — masks match file names in the folder itself "
-            "(non-recursive); point pasta at the subfolder instead"
-        )
-    if any(marker in mask for marker in _REGEX_MARKERS):
-        raise AfinarError(
-            f"{key}: mask {mask!r} looks like a regular expression — masks are shell globs such as '*.txt' "
-            "or 'doc_*.txt'"
-        )
-    return mask
 
 
 def file_id(path: str | Path) -> str:
