@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afinar.config.aliases import glob_mask  # the one mask rule (validate uses it too)
+from afinar.config.aliases import glob_mask as glob_mask  # the one mask rule (validate uses it too)
 from afinar.data.answers import normalize_answer
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
@@ -175,7 +175,8 @@ def _texts_as_strings(column: pa.ChunkedArray) -> list[str | None]:
         return [None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()]
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         column = column.cast(pa.string())
-    return column.to_pylist()
+    texts: list[str | None] = column.to_pylist()
+    return texts
 
 
 @dataclass

@@ -606,7 +606,7 @@ def load_for_inference(
             model, tokenizer = _load_base_unsloth(base, nbits, max_seq_length)
         else:
             model, tokenizer = _load_base_transformers(base, nbits, precisao), None
-        if kind == "lora":
+        if kind == "lora" and adapter_dir is not None:
             model = _attach_adapter(model, base, adapter_dir)
     if has_tokenizer:
         tokenizer = load_tokenizer(str(adapter_dir))
