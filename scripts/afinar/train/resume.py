@@ -163,10 +163,10 @@ class SafeCheckpoints(TrainerCallback):
         self.restore()
 
     # ----------------------------------------------------------------------------- Trainer events
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self.last_save = self.clock()
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._step_start = self.wall_clock()
 
     def _near_the_end(self) -> bool:
@@ -174,9 +174,9 @@ class SafeCheckpoints(TrainerCallback):
         if self.end_time is None:
             return False
         needed = 2 * self.slowest_step_s + 2 * self.slowest_save_s + self.END_MARGIN_S
-        return self.wall_clock() + needed >= self.end_time
+        return bool(self.wall_clock() + needed >= self.end_time)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         now = self.wall_clock()
         if self._step_start is not None:
             self.slowest_step_s = max(self.slowest_step_s, now - self._step_start)
@@ -193,7 +193,7 @@ class SafeCheckpoints(TrainerCallback):
             self._save_start = now
         return control
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self.last_save = self.clock()
         if self._save_start is not None:
             self.slowest_save_s = max(self.slowest_save_s, self.wall_clock() - self._save_start)
