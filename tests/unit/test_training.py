@@ -152,11 +152,15 @@ def test_resume_after_interruption_appends_metrics(tiny_model_dir, task_splits):
         "checkpoint-2",
         "checkpoint-4",
     ]
-    # the newest checkpoint was damaged by the kill: resume falls back to the previous one
-    (paths.checkpoints / "checkpoint-4" / "optimizer.pt").unlink()
+    # the newest checkpoint's weights were cut short (a kill or a full disk): resume falls back to the
+    # previous one instead of crashing in the safetensors loader
+    weights = paths.checkpoints / "checkpoint-4" / "adapter_model.safetensors"
+    with open(weights, "r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
 
     summary = train(exp, paths)
     assert summary["retomado_de"].endswith("checkpoint-2") and summary["global_step"] == 6
+    assert [c.name for c in sorted(paths.checkpoints.glob("checkpoint-*"))] == ["checkpoint-4", "checkpoint-6"]
     rows = read_jsonl(paths.training_metrics)
     begins = [r for r in rows if r["event"] == "train_begin"]
     assert [(b["resumed"], b["step"]) for b in begins] == [(False, 0), (True, 2)]

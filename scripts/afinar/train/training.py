@@ -662,7 +662,7 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[metrics_cb, *callbacks],
+        callbacks=[checkpoints.ManifestCallback(), metrics_cb, *callbacks],  # manifest first: see its doc
     )
     from transformers.trainer_callback import PrinterCallback
 
