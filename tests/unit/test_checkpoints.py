@@ -111,7 +111,10 @@ def real_checkpoints(tiny_model_dir, tmp_path_factory):
     write_split(root / "data" / "validacao.parquet", task_rows(4, seed=2))
     paths = TrainPaths.for_experiment(root, "demo")
     train(experiment(tiny_model_dir, max_steps=4, eval_steps=2), paths)
-    assert [c.name for c in checkpoints.list_checkpoints(paths.checkpoints)] == ["checkpoint-2", "checkpoint-4"]
+    assert [c.name for c in checkpoints.list_checkpoints(paths.checkpoints)] == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
     return paths.checkpoints
 
 

@@ -160,7 +160,10 @@ def test_resume_after_interruption_appends_metrics(tiny_model_dir, task_splits):
 
     summary = train(exp, paths)
     assert summary["retomado_de"].endswith("checkpoint-2") and summary["global_step"] == 6
-    assert [c.name for c in sorted(paths.checkpoints.glob("checkpoint-*"))] == ["checkpoint-4", "checkpoint-6"]
+    assert [c.name for c in sorted(paths.checkpoints.glob("checkpoint-*"))] == [
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
     rows = read_jsonl(paths.training_metrics)
     begins = [r for r in rows if r["event"] == "train_begin"]
     assert [(b["resumed"], b["step"]) for b in begins] == [(False, 0), (True, 2)]

@@ -14,11 +14,15 @@ import logging
 import os
 import re
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from afinar.errors import AfinarError, disk_full_message
 from afinar.io import atomic_write_json
 
 log = logging.getLogger("afinar.train.checkpoints")
@@ -155,6 +159,33 @@ class ManifestCallback(TrainerCallback):
                 write_manifest(ckpt)
 
 
+@contextmanager
+def unfinished_removed_on_error(folder: str | Path) -> Iterator[None]:
+    """Around training: on any failure, remove checkpoints whose save did not finish (no manifest).
+
+    Their files are useless (they are never resumed from) and, on a full disk, hold the space the log and
+    the next attempt need. A full disk becomes one :class:`AfinarError` line naming the mount, the free
+    space and the file being written, measured before the cleanup; the complete checkpoints are kept.
+    """
+    folder = Path(folder)
+    started = time.time() - 1
+    try:
+        yield
+    except BaseException as exc:
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise
+        message = disk_full_message(exc, [folder], started) if isinstance(exc, Exception) else None
+        for ckpt in list_checkpoints(folder):
+            if not (ckpt / MANIFEST_FILE).is_file():
+                shutil.rmtree(ckpt, ignore_errors=True)
+                log.warning("removed %s: its save did not finish", ckpt)
+        if message is None:
+            raise
+        last = latest_complete(folder)
+        resumes = f"training resumes from {last}" if last else "training starts over"
+        raise AfinarError(f"{message} ({resumes})") from exc
+
+
 def checkpoint_step(ckpt: str | Path) -> int:
     """Global step recorded in a checkpoint's trainer state."""
     return int(json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
@@ -192,7 +223,11 @@ def prepare_folder(folder: str | Path, fingerprint: str, resume: bool) -> Path |
             previous, finished = data.get("fingerprint"), bool(data.get("concluido"))
         except (OSError, json.JSONDecodeError):
             previous = None
-    ckpt = latest_complete(folder, remove_broken=True) if resume and previous == fingerprint and not finished else None
+    ckpt = (
+        latest_complete(folder, remove_broken=True)
+        if resume and previous == fingerprint and not finished
+        else None
+    )
     if ckpt is None:
         if list_checkpoints(folder) and previous != fingerprint:
             log.info("config or data changed since the checkpoints in %s were made: starting over", folder)

@@ -677,7 +677,7 @@ def train(
     )
 
     # 7. train, evaluate, save
-    with sampler:
+    with sampler, checkpoints.unfinished_removed_on_error(paths.checkpoints):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if eval_ds is not None else {}
     save_model(trainer, tokenizer, paths.adapter)
