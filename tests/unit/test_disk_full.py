@@ -99,7 +99,9 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_last_good_checkpoin
     line = errors[0]
     assert f"afinar: error: no space left on {disk} (" in line, line
     assert " MB free) while writing " in line and "checkpoint-4/optimizer.pt" in line, line
-    assert line.rstrip().endswith(f"(training resumes from {disk}/results/demo/checkpoints/checkpoint-2)"), line
+    assert line.rstrip().endswith(f"(training resumes from {disk}/results/demo/checkpoints/checkpoint-2)"), (
+        line
+    )
     assert line.split("afinar: error: ", 1)[1] in (tmp_path / "fill.log").read_text()  # in the rule's log too
     # the last good checkpoint is kept, the unfinished one removed (it held the space the log needed)
     left = (tmp_path / "after-fill.ls").read_text().split()
