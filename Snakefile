@@ -50,3 +50,4 @@ onstart:
         check_slurm_partitions(workflow)
     except AfinarError as exc:
         fail(str(exc))
+    check_before_jobs()

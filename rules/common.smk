@@ -1,5 +1,6 @@
 # Config → experiments, targets and small named helpers shared by every rule file.
 # No logic lives in lambdas: rules call the named functions below.
+import os
 import re
 import sys
 from pathlib import Path
@@ -34,6 +35,24 @@ def _check_profile():
         fail(str(exc))
 
 
+def check_before_jobs():
+    """Run by `onstart`, after the DAG is built and before any job: the decryption key is present,
+    well-formed and decrypts the source, so a bad key writes nothing (not even pairs.parquet).
+    """
+    from afinar.data.crypto import check_key_before_run
+
+    if DATASET_MODE or not {"pair", "decrypt"} & {
+        j.rule.name for j in workflow.dag.needrun_jobs()
+    }:
+        return
+    try:
+        check_key_before_run(
+            CFG["pastas"]["entrada"], CFG["misc"]["env_chave_criptografia"]
+        )
+    except AfinarError as exc:
+        fail(str(exc))
+
+
 def _check_gpu_resources():
     """`--resources gpu=0` with a GPU-only backend would scale the job's request down and fail late:
     say so before any job runs instead."""
@@ -55,6 +74,16 @@ _check_gpu_resources()
 DATA = "results/data"
 SPLITS = ["treino", "validacao", "teste"]
 DATASET_MODE = CFG["formatos"]["tipo_entrada"] == "dataset"
+# An encrypted source makes the whole run private: every file Afinar or Snakemake creates (decrypted splits,
+# predictions, reports, logs, .snakemake/ metadata, the --report HTML) is readable by its owner only.
+# Job processes inherit the umask; on a cluster each job parses this file again and sets it too.
+ENCRYPTED = bool(
+    not DATASET_MODE
+    and CFG["misc"]["env_chave_criptografia"]
+    and CFG["pastas"]["entrada"]["dataframe"]
+)
+if ENCRYPTED:
+    os.umask(0o077)
 
 
 def exp_params(wildcards, section):

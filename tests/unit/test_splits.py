@@ -188,3 +188,17 @@ def test_empty_test_split_is_an_error(tmp_path):
             "",
         )
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_a_division_csv_written_in_nfd_matches_nfc_pair_ids(tmp_path):
+    """Pair ids are NFC; a division file saved by a tool that decomposes accents still matches them."""
+    import unicodedata
+
+    from afinar.data.splits import check_division, read_division
+
+    nfc, nfd = (unicodedata.normalize(form, "ação") for form in ("NFC", "NFD"))
+    path = tmp_path / "divisao.csv"
+    path.write_text(f"id_arquivo,alvo\n{nfd},treino\nb,teste\n", encoding="utf-8")
+    division, _ = read_division(path)
+    assert list(division["id_arquivo"]) == [nfc, "b"]
+    assert len(check_division(division, [nfc, "b"], True, path)) == 2

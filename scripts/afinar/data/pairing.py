@@ -16,10 +16,11 @@ import fnmatch
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +39,8 @@ _SHOWN = 10  # ids quoted in a message before "(+N more)"
 # (bug B5). Regexes of that shape ("any name, then an extension") are translated to the glob they meant.
 _REGEX_ANY_NAME_EXT = re.compile(r"^\^?\(?\.[*+]\)?\\\.([A-Za-z0-9_]+)\$?$")
 _REGEX_MARKERS = ("^", "$", "\\", "(", ")", "+", ".*", "|", "{")
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+_NON_ASCII_CHAR = re.compile("[^\x00-\x7f\udc80-\udcff]")
 
 
 def format_ids(ids: list[str], shown: int = _SHOWN) -> str:
@@ -72,11 +75,21 @@ def glob_mask(mask: str, key: str) -> str:
     return mask
 
 
-def file_id(path: str | Path) -> str:
-    """Record id of a file: its name minus the last extension (``a.b.txt`` → ``a.b``)."""
+def raw_file_id(path: str | Path) -> str:
+    """A file's name minus the last extension, exactly as the file system spells it."""
     name = Path(path).name
     stem, dot, _ = name.rpartition(".")
     return stem if dot and stem else name
+
+
+def nfc(text: str) -> str:
+    """Unicode NFC: ``ação`` typed composed or decomposed (as macOS names files) becomes one string."""
+    return unicodedata.normalize("NFC", text)
+
+
+def file_id(path: str | Path) -> str:
+    """Record id of a file: its name minus the last extension (``a.b.txt`` → ``a.b``), in Unicode NFC."""
+    return nfc(raw_file_id(path))
 
 
 def list_files(folder: str | Path, mask: str, key: str = "pastas", strict: bool = True) -> list[Path]:
@@ -122,7 +135,9 @@ def files_by_id(folder: str | Path, mask: str, key: str) -> dict[str, Path]:
     for path in files:
         rid = file_id(path)
         if rid in by_id:
-            clashes.append(f"{by_id[rid].name}/{path.name}")
+            same = " (the names differ only in Unicode normalisation, NFC vs NFD)"
+            other = by_id[rid].name
+            clashes.append(f"{other}/{path.name}{same if nfc(other) == nfc(path.name) else ''}")
         by_id[rid] = path
     if clashes:
         raise AfinarError(
@@ -132,13 +147,42 @@ def files_by_id(folder: str | Path, mask: str, key: str) -> dict[str, Path]:
     return by_id
 
 
-def read_text(path: str | Path) -> tuple[str, bool]:
-    """Read a text file as UTF-8 (a BOM is dropped), falling back to latin-1; return (text, used_latin1)."""
-    data = Path(path).read_bytes()
+class Decoded(NamedTuple):
+    """A text file's content and how it was decoded."""
+
+    text: str
+    latin1: bool  # not UTF-8 at all: read as latin-1
+    replaced: int  # bytes that were not valid UTF-8 in an otherwise UTF-8 file, replaced by U+FFFD
+
+
+def decode_text(data: bytes) -> Decoded:
+    """UTF-8 (a BOM is dropped); a few bad bytes in UTF-8 text are replaced; otherwise latin-1.
+
+    A file is taken as UTF-8 with stray bytes when it holds valid multi-byte UTF-8 characters and no
+    more invalid bytes than valid characters: a latin-1 file's accented letters are invalid UTF-8 and
+    almost never form valid sequences, while reading a UTF-8 file as latin-1 garbles every accent.
+    """
     try:
-        return data.decode("utf-8-sig"), False
+        return Decoded(data.decode("utf-8-sig"), False, 0)
     except UnicodeDecodeError:
-        return data.decode("latin-1"), True
+        pass
+    escaped = data.decode("utf-8-sig", errors="surrogateescape")  # each bad byte → one lone surrogate
+    bad = len(_BAD_BYTE.findall(escaped))
+    multibyte = len(_NON_ASCII_CHAR.findall(escaped))
+    if multibyte and bad <= multibyte:
+        return Decoded(_BAD_BYTE.sub("\ufffd", escaped), False, bad)
+    return Decoded(data.decode("latin-1"), True, 0)
+
+
+def read_text_decoded(path: str | Path) -> Decoded:
+    """Read a text file with :func:`decode_text`."""
+    return decode_text(Path(path).read_bytes())
+
+
+def read_text(path: str | Path) -> tuple[str, bool]:
+    """Read a text file (see :func:`decode_text`); return (text, used_latin1)."""
+    decoded = read_text_decoded(path)
+    return decoded.text, decoded.latin1
 
 
 def read_input_frame(path: str | Path, text_col: str, id_col: str) -> dict[str, str | None]:
@@ -187,6 +231,11 @@ def read_input_frame(path: str | Path, text_col: str, id_col: str) -> dict[str, 
 
 
 def _ids_as_strings(column: pa.ChunkedArray, where: str) -> list[str]:
+    """The id column as NFC strings (ids are matched in NFC: see :func:`nfc`)."""
+    return [nfc(v) for v in _ids_as_raw_strings(column, where)]
+
+
+def _ids_as_raw_strings(column: pa.ChunkedArray, where: str) -> list[str]:
     if column.null_count:
         raise AfinarError(f"{where}: {column.null_count} row(s) have no id — fill or drop them")
     kind = column.type
@@ -221,6 +270,10 @@ class PairingResult:
     latin1: list[str] = field(default_factory=list)
     n_inputs: int = 0
     n_answers: int = 0
+    #: UTF-8 files with a few invalid bytes (replaced by U+FFFD): {"arquivo": path, "bytes": count}
+    replaced: list[dict[str, Any]] = field(default_factory=list)
+    #: ids that matched only once their Unicode normalisation was made the same (NFC)
+    normalised: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The ``pareamento.json`` content (architecture contract keys first)."""
@@ -230,6 +283,8 @@ class PairingResult:
             "predicao_sem_par": self.answer_only,
             "invalidos": self.invalid,
             "latin1": self.latin1,
+            "utf8_bytes_invalidos": self.replaced,
+            "ids_normalizados_nfc": self.normalised,
             "n_entrada": self.n_inputs,
             "n_predicao": self.n_answers,
             "n_invalidos": len(self.invalid),
@@ -291,19 +346,25 @@ def pair_records(
     invalid: list[dict[str, str]] = []
     invalid_files: list[str] = []
     latin1: list[str] = []
+    replaced: list[dict[str, Any]] = []
+
+    def read(path: Path) -> str:
+        decoded = read_text_decoded(path)
+        if decoded.latin1:
+            latin1.append(str(path))
+        if decoded.replaced:
+            replaced.append({"arquivo": str(path), "bytes": decoded.replaced})
+        return decoded.text
+
     for rid in common:
         answer_path = answers_by_id[rid]
-        raw, fallback = read_text(answer_path)
-        if fallback:
-            latin1.append(str(answer_path))
+        raw = read(answer_path)
         if dataframe:
             text = frame_texts[rid]
             source = f"{dataframe}[{rid}]"
         else:
-            text, fallback = read_text(input_files[rid])
+            text = read(input_files[rid])
             source = str(input_files[rid])
-            if fallback:
-                latin1.append(source)
         if text is None or not text.strip():
             invalid.append({"id": rid, "motivo": "empty input text"})
             invalid_files.append(f"{source} (empty input text)")
@@ -336,6 +397,13 @@ def pair_records(
         log.warning(
             "%d file(s) are not UTF-8 and were read as latin-1: %s", len(latin1), format_ids(latin1, 3)
         )
+    if replaced:
+        log.warning(
+            "%d UTF-8 file(s) hold invalid bytes, replaced by U+FFFD (listed in pareamento.json): %s",
+            len(replaced),
+            format_ids([f"{r['arquivo']} ({r['bytes']} bytes)" for r in replaced], 3),
+        )
+    normalised = _normalisation_differences(common, input_files, answers_by_id)
     if input_only:
         log.warning("%d input id(s) without an expected answer: %s", len(input_only), format_ids(input_only))
     if answer_only:
@@ -348,8 +416,44 @@ def pair_records(
         len(invalid),
     )
     return PairingResult(
-        ids, texts, answers, input_only, answer_only, invalid, latin1, len(input_ids), len(answer_ids)
+        ids,
+        texts,
+        answers,
+        input_only,
+        answer_only,
+        invalid,
+        latin1,
+        len(input_ids),
+        len(answer_ids),
+        replaced,
+        normalised,
     )
+
+
+def _normalisation_differences(
+    common: list[str], input_files: dict[str, Path], answers_by_id: dict[str, Path]
+) -> list[str]:
+    """Ids whose input and answer file names differ only in Unicode normalisation, said once.
+
+    macOS and some archive tools write accented names decomposed (NFD: ``a`` + combining tilde), others
+    composed (NFC): both look identical on screen. Ids are compared in NFC, so they pair; the files keep
+    their names.
+    """
+    found = []
+    for rid in common:
+        names = [raw_file_id(answers_by_id[rid])]
+        if rid in input_files:
+            names.append(raw_file_id(input_files[rid]))
+        if any(name != rid for name in names):
+            found.append(rid)
+    if found:
+        log.info(
+            "%d id(s) are written with decomposed accents (Unicode NFD) in some file names and matched in "
+            "composed form (NFC): %s",
+            len(found),
+            format_ids(found),
+        )
+    return found
 
 
 def _no_pairs_message(input_where: str, input_ids: list[str], answer_ids: list[str]) -> str:

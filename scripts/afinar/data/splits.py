@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afinar.data.pairing import PRIVATE_MODE, format_ids, read_text
+from afinar.data.pairing import PRIVATE_MODE, format_ids, nfc, read_text
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
 
@@ -150,6 +150,14 @@ def read_division(path: str | Path) -> tuple[pd.DataFrame, int]:
             f"the file needs {ID_COLUMN},{LABEL_COLUMN}; delete it to regenerate"
         )
     ids = raw[ID_COLUMN].str.strip()
+    composed = ids.map(nfc)  # pair ids are NFC (afinar.data.pairing.nfc); the file may be NFD
+    if (composed != ids).any():
+        log.info(
+            "%s: %d id(s) written with decomposed accents (Unicode NFD), matched in composed form (NFC)",
+            path,
+            int((composed != ids).sum()),
+        )
+        ids = composed
     labels = pd.Series([normalize_label(v) for v in raw[LABEL_COLUMN]], index=raw.index, dtype=object)
     unknown = sorted({str(v) for v, lab in zip(raw[LABEL_COLUMN], labels, strict=True) if lab is None})
     if unknown:
