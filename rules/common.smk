@@ -84,6 +84,10 @@ ENCRYPTED = bool(
 )
 if ENCRYPTED:
     os.umask(0o077)
+    # .snakemake/ and this run's log were created before the Snakefile was read: made private too
+    for path in [Path(".snakemake"), *Path(".snakemake").glob("log/*"), Path(".snakemake/log")]:
+        if path.exists():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def exp_params(wildcards, section):
@@ -107,8 +111,17 @@ def base_model_input(wildcards):
 
 
 def exp_targets(exp):
-    """Everything one experiment produces by default: its report pulls in training, predictions and charts."""
-    return [f"results/{exp}/relatorio.md", f"results/{exp}/avaliacao/metricas.json"]
+    """Everything one experiment produces by default: its report pulls in training, predictions and charts.
+
+    The adapter and the predictions are targets themselves: Snakemake accepts a missing intermediate
+    file while the files made from it are up to date, so after a run killed during `--forcerun train`
+    (which deletes the adapter first) a plain rerun would otherwise say "Nothing to be done"."""
+    return [
+        f"results/{exp}/adapter",
+        f"results/{exp}/predicoes/teste.jsonl",
+        f"results/{exp}/relatorio.md",
+        f"results/{exp}/avaliacao/metricas.json",
+    ]
 
 
 def all_targets(wildcards):
@@ -128,7 +141,9 @@ GPU_BACKENDS = ("auto", "unsloth")
 
 def demo_corpus(wildcards):
     """Every text file of the bundled example: the tokenizer of the tiny model is trained on them."""
-    return sorted(str(p) for p in Path("resources/example").rglob("*.txt"))
+    return sorted(
+        str(p) for p in (Path(workflow.basedir) / "resources/example").rglob("*.txt")
+    )
 
 
 def filter_tokens_inputs(wildcards):

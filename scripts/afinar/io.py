@@ -20,9 +20,26 @@ from typing import Any
 log = logging.getLogger("afinar.io")
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it over ``path`` (optionally chmod)."""
+    """Yield a temporary path next to ``path``; on success rename it over ``path``.
+
+    The file is private (0600, ``mkstemp``'s mode) unless ``mode`` is given; ``mode`` is masked by the
+    umask like any created file's, so a run made private by its umask (an encrypted source: see
+    rules/common.smk) keeps even "shareable" files such as charts to their owner."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,7 +48,7 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         if mode is not None:
-            os.chmod(tmp_path, mode)
+            os.chmod(tmp_path, mode & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -13,11 +13,13 @@ reads. Split files hold ``id`` and ``messages`` (user prompt from the template, 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +256,34 @@ def resolve_division(
     return frame, ("criado" if user_file else "gerado")
 
 
+@contextmanager
+def division_file_lock(divisao: dict[str, Any]) -> Iterator[None]:
+    """Hold an exclusive lock on the configured division file while it is read or created.
+
+    Two runs (two configs, or two working directories) may share one ``pastas.divisao.arquivo``. Without
+    the lock both could find it missing, both create it, and one would train on splits that do not match
+    the file on disk. With it the second waits, then reads the file the first wrote. The lock is
+    ``flock`` on ``.<name>.lock`` next to the file: the kernel drops it when a process dies, so a killed
+    run never leaves it held.
+    """
+    user_file = str(divisao.get("arquivo") or "").strip()
+    if not user_file:
+        yield
+        return
+    path = Path(user_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("%s is being created by another run: waiting for it", user_file)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def save_created_division(division: pd.DataFrame, divisao: dict[str, Any]) -> None:
     """Write a newly assigned division at the user's configured path, read-only, for later runs to reuse.
 
@@ -422,12 +452,13 @@ def run_split(
     pairs = read_pairs(pairs_path)
     ids = pairs.column("id").to_pylist()
     excluded = excluded_upstream(summary_path, raw_pairs_path, ids)
-    division, source = resolve_division(ids, divisao, excluded)
-    tables = split_pairs(pairs, division, template, tag)
-    counts = {s: tables[s].num_rows for s in SPLITS}
-    check_counts(counts, divisao["proporcao"], f"pastas.divisao ({source})")
-    if source == "criado":
-        save_created_division(division, divisao)
+    with division_file_lock(divisao):
+        division, source = resolve_division(ids, divisao, excluded)
+        tables = split_pairs(pairs, division, template, tag)
+        counts = {s: tables[s].num_rows for s in SPLITS}
+        check_counts(counts, divisao["proporcao"], f"pastas.divisao ({source})")
+        if source == "criado":
+            save_created_division(division, divisao)
     return write_outputs(tables, division, outputs, divisao["proporcao"], source, int(divisao["seed"]))
 
 
