@@ -239,3 +239,12 @@ def test_a_utf8_file_with_stray_bytes_is_decoded_as_utf8_and_reported(tmp_path, 
     assert summary["utf8_bytes_invalidos"] == [{"arquivo": str(stray), "bytes": 2}]
     assert summary["latin1"] == [str(tmp_path / "entrada" / "2.txt")]
     assert f"{stray} (2 bytes)" in caplog.text
+
+
+def test_records_far_beyond_max_seq_length_are_warned_about_at_pairing(tmp_path, caplog):
+    write_pairs(tmp_path, {"1": ("curto", '{"a": 1}'), "grande": ("palavra " * 50_000, '{"a": 2}')})
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="afinar"):
+        run_pair(*sections(tmp_path), out / "pairs.parquet", out / "pareamento.json", max_seq_length=256)
+    assert "1 record(s) are far longer than max_seq_length 256" in caplog.text
+    assert "grande (~100,001 tokens)" in caplog.text

@@ -476,6 +476,38 @@ def write_pairs(result: PairingResult, pairs_path: str | Path, summary_path: str
     atomic_write_json(summary_path, result.summary())
 
 
+#: a record is "far beyond" the context when its estimated tokens exceed this many times max_seq_length
+FAR_BEYOND = 10
+#: rough characters per token of natural text, only for that estimate (filter_tokens counts for real)
+_CHARS_PER_TOKEN_ESTIMATE = 4
+
+
+def warn_far_beyond(result: PairingResult, max_seq_length: int | None) -> list[str]:
+    """Warn about records far longer than the longest ``max_seq_length`` of the config's experiments.
+
+    They are dropped (or their prompt cut) later by ``filter_tokens``; said here because a 50 MB input
+    is usually a mistake (a whole archive in one file), and the user should hear it before any training.
+    The size is estimated from characters: the pair stage has no tokenizer.
+    """
+    if not max_seq_length:
+        return []
+    found = []
+    for rid, text, answer in zip(result.ids, result.texts, result.answers, strict=True):
+        tokens = (len(text) + len(answer)) // _CHARS_PER_TOKEN_ESTIMATE
+        if tokens > FAR_BEYOND * max_seq_length:
+            found.append(f"{rid} (~{tokens:,} tokens)")
+    if found:
+        log.warning(
+            "%d record(s) are far longer than max_seq_length %d (more than %dx, estimated from characters): %s "
+            "— filter_tokens will drop them or cut their prompt; check they belong in the data",
+            len(found),
+            max_seq_length,
+            FAR_BEYOND,
+            format_ids(found, 3),
+        )
+    return found
+
+
 def run_pair(
     entrada: dict[str, Any],
     predicao: dict[str, Any],
@@ -483,9 +515,14 @@ def run_pair(
     formatos: dict[str, Any],
     pairs_path: str | Path,
     summary_path: str | Path,
+    max_seq_length: int | None = None,
 ) -> PairingResult:
-    """The whole ``pair`` stage: pair, then write both outputs (nothing is written on error)."""
+    """The whole ``pair`` stage: pair, then write both outputs (nothing is written on error).
+
+    ``max_seq_length`` (the longest of the experiments) only drives the warning of :func:`warn_far_beyond`.
+    """
     result = pair_records(entrada, predicao, validacao, formatos)
+    warn_far_beyond(result, max_seq_length)
     write_pairs(result, pairs_path, summary_path)
     return result
 
