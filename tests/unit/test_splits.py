@@ -206,7 +206,7 @@ def test_a_division_csv_written_in_nfd_matches_nfc_pair_ids(tmp_path):
 
 def _blocked_on(lock_file) -> bool:
     """Whether a process waits for a flock on ``lock_file`` (Linux /proc/locks: blocked requests "->")."""
-    inode = os.stat(lock_file).st_ino
+    inode = os.stat(lock_file).st_ino  # a file or, as here, a folder
     for line in open("/proc/locks").read().splitlines():
         fields = line.split()
         if "->" in fields and fields[fields.index("->") + 1] == "FLOCK":
@@ -230,7 +230,7 @@ def test_two_first_runs_sharing_a_division_file_agree_with_it(tmp_path):
 
     shared = tmp_path / "shared" / "divisao.csv"
     shared.parent.mkdir()
-    lock_file = shared.parent / ".divisao.csv.lock"
+    lock_file = shared.parent  # the lock is taken on the folder (no file is added there)
     ids = make_pairs(tmp_path / "pairs.parquet", n=30)
     script = f"""
 import sys
@@ -239,8 +239,9 @@ from afinar.data.splits import SplitOutputs, run_split
 run_split({str(tmp_path / "pairs.parquet")!r}, SplitOutputs.in_folder({str(tmp_path / "run2")!r}),
           {divisao(shared, seed=2)!r}, None, "")
 """
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    fd = os.open(lock_file, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         run2 = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300
         while not _blocked_on(lock_file):
@@ -249,6 +250,8 @@ run_split({str(tmp_path / "pairs.parquet")!r}, SplitOutputs.in_folder({str(tmp_p
             time.sleep(0.1)
         # run 1 (seed 1) creates the file while run 2 waits
         save_created_division(assign_splits(ids, PROP, 1), divisao(shared, seed=1))
+    finally:
+        os.close(fd)
     assert run2.wait(timeout=300) == 0, run2.stderr.read()[-2000:]
     on_disk = pd.read_csv(shared, dtype=str).sort_values("id_arquivo", ignore_index=True)
     used = pd.read_csv(tmp_path / "run2" / "divisao.csv", dtype=str).sort_values(

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -263,25 +264,25 @@ def division_file_lock(divisao: dict[str, Any]) -> Iterator[None]:
     Two runs (two configs, or two working directories) may share one ``pastas.divisao.arquivo``. Without
     the lock both could find it missing, both create it, and one would train on splits that do not match
     the file on disk. With it the second waits, then reads the file the first wrote. The lock is
-    ``flock`` on ``.<name>.lock`` next to the file: the kernel drops it when a process dies, so a killed
-    run never leaves it held.
+    ``flock`` on the file's folder itself, so no lock file is added to the user's folder, and the kernel
+    drops it when a process dies: a killed run never leaves it held.
     """
     user_file = str(divisao.get("arquivo") or "").strip()
     if not user_file:
         yield
         return
-    path = Path(user_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as handle:
+    folder = Path(user_file).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            log.info("%s is being created by another run: waiting for it", user_file)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            log.info("%s is being read or created by another run: waiting for it", user_file)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_created_division(division: pd.DataFrame, divisao: dict[str, Any]) -> None:
