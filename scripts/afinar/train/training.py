@@ -609,7 +609,12 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[checkpoints.ManifestCallback(), metrics_cb, safe, *callbacks],  # manifest first: see its doc
+        callbacks=[
+            checkpoints.ManifestCallback(),
+            metrics_cb,
+            safe,
+            *callbacks,
+        ],  # manifest first: see its doc
     )
     use_epoch_seeded_sampler(trainer, tr.seed)  # exact resume from any epoch
     from transformers.trainer_callback import PrinterCallback
