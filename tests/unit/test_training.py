@@ -355,3 +355,20 @@ def test_tensorboard_logs_and_a_missing_tracker(tiny_model_dir, task_splits):
     with pytest.raises(AfinarError, match="report_to: wandb is not installed"):
         train(experiment(tiny_model_dir, report_to=["wandb"]), paths)
     assert not paths.adapter.exists()
+
+
+def test_mask_description_holds_no_training_text(tiny_model_dir):
+    """The DEBUG line about the first batch describes the loss mask without quoting the (private) text."""
+    from afinar.train.training import describe_trainable
+
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    words = tokenizer("Carla mora em Recife", add_special_tokens=False)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    labels = torch.tensor([-100, -100, *words, end, -100, words[0], end])
+    line = describe_trainable(labels, tokenizer)
+    assert (
+        line
+        == f"{len(words) + 3} trainable tokens in 2 span(s), ending with {tokenizer.eos_token}, {tokenizer.eos_token}"
+    )
+    assert "Carla" not in line and "Recife" not in line
+    assert describe_trainable(torch.tensor([-100, words[0]]), tokenizer).endswith("ending with (text)")
