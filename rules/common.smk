@@ -304,8 +304,11 @@ def exp_value(section, key):
 
 
 def exp_config(wildcards):
-    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it."""
-    return EXPS[wildcards.exp]
+    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it,
+    without `predicao.batch_size`: a speed setting must never rerun anything (the report included)."""
+    exp = EXPS[wildcards.exp]
+    predicao = {k: v for k, v in exp["predicao"].items() if k != "batch_size"}
+    return {**exp, "predicao": predicao}
 
 
 def report_misc(wildcards):
