@@ -546,6 +546,11 @@ def _check_semantics(cfg: dict, prefix: str, found: _Problems) -> None:
         found.add(
             f"{prefix}treinamento.max_steps: 0 trains nothing — use -1 (epochs decide) or a positive number"
         )
+    if t:
+        from afinar.train.distributed import config_problems
+
+        for problem in config_problems(t):  # impossible distributed combinations (FSDP + 4-bit, ...)
+            found.add(f"{prefix}{problem}")
     filtro = t.get("filtro_tokens") or {}
     max_tokens, max_seq = filtro.get("max_tokens"), t.get("max_seq_length")
     if isinstance(max_tokens, int) and isinstance(max_seq, int) and max_tokens > max_seq:

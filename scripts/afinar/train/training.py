@@ -9,6 +9,7 @@ share everything but model loading.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -22,7 +23,7 @@ from typing import Any
 
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
-from afinar.train import chat, checkpoints, models, token_filter
+from afinar.train import chat, checkpoints, distributed, models, token_filter
 
 log = logging.getLogger("afinar.train.training")
 
@@ -467,7 +468,9 @@ def train(
         torch.set_num_threads(max(1, int(threads)))
 
     # 1. settings that depend on this machine; every user error before anything heavy is loaded
-    backend = choose_backend(tr.get("backend", "auto"), cuda)
+    dist = distributed.check(tr)  # N processes under torchrun: see afinar.train.distributed
+    world, main = distributed.world_size(), distributed.is_main()
+    backend = choose_backend(distributed.requested_backend(tr), cuda)
     check_trl_on_cpu(cuda)
     nbits = int(tr.get("nbits") or 16)
     models.check_quantization(nbits, cuda)
@@ -548,7 +551,7 @@ def train(
     eval_ds = Dataset.from_dict(eval_tok) if eval_tok["input_ids"] else None
 
     # 5. trainer configuration
-    batch, accum = int(tr["batch_size"]), int(tr["grad_batch_size"])
+    batch, accum = int(tr["batch_size"]), distributed.grad_accumulation(tr, world)
     packing = bool(tr.get("packing", False))
     epochs = float(tr["epochs"])
     max_steps = int(tr.get("max_steps", -1) or -1)
@@ -556,7 +559,14 @@ def train(
         rows_estimate = max(1, math.ceil(train_stats["tokens"] / max_len))
     else:
         rows_estimate = len(train_ds)
-    steps_per_epoch = max(1, math.ceil(rows_estimate / (batch * accum)))
+    steps_per_epoch = max(1, math.ceil(rows_estimate / (batch * accum * world)))
+    log.info(
+        "effective batch: %d per device x %d accumulation x %d process(es) = %d",
+        batch,
+        accum,
+        world,
+        batch * accum * world,
+    )
     total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
     eval_every = resolve_steps(tr.get("eval_steps", "15%"), total_steps) if eval_ds is not None else 0
     do_eval = bool(eval_every)
@@ -614,7 +624,9 @@ def train(
         metric_for_best_model="eval_loss" if load_best else None,
         greater_is_better=False if load_best else None,
         report_to=[r for r in report_to if r != "tensorboard"] or "none",
-        gradient_checkpointing=bool(tr.get("gradient_checkpointing", False)) and backend == "transformers",
+        gradient_checkpointing=bool(tr.get("gradient_checkpointing", False))
+        and backend == "transformers"
+        and not (dist.distributed and dist.estrategia == "fsdp"),
         gradient_checkpointing_kwargs={"use_reentrant": False},
         max_length=sft_max_length,
         packing=packing,
@@ -626,9 +638,10 @@ def train(
         dataloader_num_workers=0,
         use_cpu=not cuda,
         disable_tqdm=True,
+        **distributed.trainer_options(tr, bool(tr.get("gradient_checkpointing", False))),
     )
     callbacks: list[Any] = list(extra_callbacks)
-    if "tensorboard" in report_to:
+    if "tensorboard" in report_to and main:
         callbacks.append(tensorboard_callback(paths.adapter.parent))
     if paciencia and do_eval:
         from transformers import EarlyStoppingCallback
@@ -637,12 +650,15 @@ def train(
 
     # 6. checkpoints: resume only a run with the same settings and data
     fingerprint = checkpoints.run_fingerprint(
-        {"modelo": modelo, "treinamento": tr, "lora": lora, "backend": backend},
+        {"modelo": modelo, "treinamento": distributed.fingerprint_view(tr), "lora": lora, "backend": backend},
         [p for p in (paths.train, paths.validation, paths.token_filter) if p is not None and p.is_file()],
     )
-    resume = checkpoints.prepare_folder(
-        paths.checkpoints, fingerprint, bool(tr.get("resume_from_checkpoint", True))
-    )
+    resume = None
+    if main:  # one process decides (and may clear the folder); the others take its answer
+        resume = checkpoints.prepare_folder(
+            paths.checkpoints, fingerprint, bool(tr.get("resume_from_checkpoint", True))
+        )
+    resume = distributed.broadcast(resume)
     if resume:
         log.info("resuming from %s (step %d)", resume, checkpoints.checkpoint_step(resume))
 
@@ -651,7 +667,10 @@ def train(
 
     shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
     sampler = BackgroundSampler(
-        paths.live(paths.hardware_metrics), interval_s=5.0, extra=lambda: dict(shared), append=True
+        distributed.node_file(paths.live(paths.hardware_metrics)),
+        interval_s=5.0,
+        extra=lambda: dict(shared),
+        append=True,
     )
     metrics_cb = MetricsCallback(
         paths.live(paths.metrics_stream), paths.live(paths.training_metrics), shared, sampler
@@ -662,7 +681,7 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[metrics_cb, *callbacks],
+        callbacks=[metrics_cb, *callbacks] if main else callbacks,  # metric files: rank 0 only
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -677,10 +696,12 @@ def train(
     )
 
     # 7. train, evaluate, save
-    with sampler:
+    with sampler if distributed.samples_hardware() else contextlib.nullcontext():  # one sampler per node
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if eval_ds is not None else {}
     save_model(trainer, tokenizer, paths.adapter)
+    if not main:
+        return {}
 
     summary = {
         **result.metrics,
@@ -702,6 +723,13 @@ def train(
         "tokens_treino": train_stats,
         "tokens_validacao": eval_stats,
         "modelo_info": params,
+        "distribuido": {
+            "processos": world,
+            "estrategia": dist.estrategia if world > 1 else None,
+            "batch_por_dispositivo": batch,
+            "acumulacao": accum,
+            "batch_efetivo": batch * accum * world,
+        },
         "pico_hardware": sampler.peaks,
     }
     publish_metrics(paths)
@@ -715,6 +743,9 @@ def train(
 
 def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
     """Save the adapter (or full model) + tokenizer under a temporary name, then rename into place."""
+    if distributed.world_size() > 1:
+        distributed.save_model(trainer, tokenizer, out)
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -731,6 +762,7 @@ def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
 
 def publish_metrics(paths: TrainPaths) -> None:
     """Copy the live (appended, resume-proof) metric files to their declared output paths atomically."""
+    distributed.merge_node_files(paths.live(paths.hardware_metrics))  # other nodes' samplers (SLURM)
     for final in (paths.metrics_stream, paths.training_metrics, paths.hardware_metrics):
         live = paths.live(final)
         with atomic_path(final) as tmp:
