@@ -282,6 +282,19 @@ def trainer_options(tr: dict, gradient_checkpointing: bool) -> dict[str, Any]:
     return opts
 
 
+def fix_cpu_device(args: Any) -> None:
+    """CPU processes under torchrun: the Trainer's device becomes plain ``cpu``.
+
+    accelerate names the device of CPU rank k ``cpu:k``, and transformers 5.17 then resumes a checkpoint
+    with ``torch.load(map_location=torch.device("cpu", k))``, which torch refuses ("don't know how to
+    restore data location ... cpu:0"): a CPU run could never resume. GPU runs are untouched."""
+    device = args.device
+    if world_size() > 1 and device.type == "cpu" and device.index is not None:
+        import torch
+
+        args.__dict__["_setup_devices"] = torch.device("cpu")  # TrainingArguments.device's cached value
+
+
 # ------------------------------------------------------------------------------------ launcher
 
 

@@ -640,6 +640,7 @@ def train(
         disable_tqdm=True,
         **distributed.trainer_options(tr, bool(tr.get("gradient_checkpointing", False))),
     )
+    distributed.fix_cpu_device(args)
     callbacks: list[Any] = list(extra_callbacks)
     if "tensorboard" in report_to and main:
         callbacks.append(tensorboard_callback(paths.adapter.parent))
