@@ -164,10 +164,10 @@ def claim_gpus(
             log.info("using GPU(s) %s (locks in %s)", ",".join(slot.gpus), lock_dir)
             return slot
         if time.monotonic() >= deadline:
+            busy = "all in use" if n == 1 else f"fewer than {n} free, the others in use"
             raise AfinarError(
-                f"GPUs {','.join(gpus)}: fewer than {n} free, the others in use by other afinar jobs (locks in "
-                f"{lock_dir}) — run with --resources gpu=N where N is at most the number of GPUs, or wait for "
-                "them to finish"
+                f"GPUs {','.join(gpus)}: {busy} by other afinar jobs (locks in {lock_dir}) — run with "
+                "--resources gpu=N where N is at most the number of GPUs, or wait for them to finish"
             )
         if not waited:
             log.info("fewer than %d of %d GPUs are free: waiting", n, len(gpus))
