@@ -87,7 +87,7 @@ def test_strategy_options_for_the_trainer():
     assert ddp == {"ddp_find_unused_parameters": False}
     fsdp = distributed.trainer_options(tr(distribuido={"gpus": 4, "estrategia": "fsdp"}), True)
     assert fsdp["fsdp"] is True and fsdp["fsdp_config"]["version"] == 2
-    assert fsdp["fsdp_config"]["activation_checkpointing"] is True and fsdp["gradient_checkpointing"] is False
+    assert fsdp["fsdp_config"]["activation_checkpointing"] is True
     assert fsdp["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"  # the adapter loads with plain PEFT
 
 
@@ -188,3 +188,27 @@ def test_hardware_files_of_other_nodes_are_merged_in_time_order(tmp_path, monkey
     distributed.merge_node_files(path)
     assert [line[-2] for line in path.read_text().splitlines()] == ["0", "1", "0"]
     assert not other.exists()
+
+
+def test_fsdp_without_gpus_is_refused_before_any_process_starts(tmp_path):
+    """accelerate shards only across GPUs: FSDP on CPU processes would silently be DDP."""
+    d = DistSettings(gpus=2, estrategia="fsdp")
+    with pytest.raises(AfinarError, match="fsdp shards only across GPUs and this job has none"):
+        distributed.launch({}, d, on_gpu=False, threads=2, run_parent=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing started
+
+
+def test_fsdp_checkpoints_count_as_complete(tmp_path):
+    """FSDP (full state dict) writes optimizer.bin instead of optimizer.pt; resume must still find it."""
+    import json
+
+    from afinar.train import checkpoints
+
+    ckpt = tmp_path / "checkpoint-4"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (ckpt / "adapter_model.safetensors").write_bytes(b"x")
+    (ckpt / "scheduler.pt").write_bytes(b"x")
+    assert not checkpoints.is_complete(ckpt)
+    (ckpt / "optimizer.bin").write_bytes(b"x")
+    assert checkpoints.is_complete(ckpt)

@@ -52,7 +52,9 @@ def is_complete(ckpt: str | Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     has_weights = any((ckpt / name).is_file() and (ckpt / name).stat().st_size > 0 for name in _WEIGHTS)
-    return has_weights and (ckpt / "optimizer.pt").is_file() and (ckpt / "scheduler.pt").is_file()
+    # optimizer.bin: FSDP's (full state dict) optimizer file, written by accelerate instead of optimizer.pt
+    has_optimizer = any((ckpt / name).is_file() for name in ("optimizer.pt", "optimizer.bin"))
+    return has_weights and has_optimizer and (ckpt / "scheduler.pt").is_file()
 
 
 def latest_complete(folder: str | Path) -> Path | None:

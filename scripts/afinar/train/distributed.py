@@ -261,7 +261,8 @@ def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
 def trainer_options(tr: dict, gradient_checkpointing: bool) -> dict[str, Any]:
     """SFTConfig keyword arguments of the strategy: FSDP2 through accelerate, or nothing (DDP is the
     Trainer's default under torchrun). Under FSDP activation checkpointing replaces gradient
-    checkpointing (which would all-gather the weights twice in the backward pass). Checkpoints and the
+    checkpointing (which would all-gather the weights twice in the backward pass; the training code
+    turns the latter off). Checkpoints and the
     final adapter are full state dicts, so the adapter loads with plain PEFT."""
     d = settings(tr)
     if not d.distributed:
@@ -277,9 +278,19 @@ def trainer_options(tr: dict, gradient_checkpointing: bool) -> dict[str, Any]:
                 "state_dict_type": "FULL_STATE_DICT",
                 "cpu_ram_efficient_loading": False,
             },
-            "gradient_checkpointing": False,
         }
     return opts
+
+
+def check_strategy_applied(trainer: Any, tr: dict) -> None:
+    """Refuse an FSDP run that would silently be DDP: accelerate enables its FSDP plugin only for GPU
+    (and other accelerator) process groups, never for CPU ones."""
+    d = settings(tr)
+    if d.distributed and d.estrategia == "fsdp" and not getattr(trainer, "is_fsdp_enabled", False):
+        raise AfinarError(
+            "treinamento.distribuido.estrategia: fsdp shards only across GPUs, and these training processes run "
+            "on the CPU — use estrategia: ddp here, or run on GPUs"
+        )
 
 
 def fix_cpu_device(args: Any) -> None:
@@ -441,6 +452,11 @@ def launch(spec: dict[str, Any], d: DistSettings, on_gpu: bool, threads: int, ru
     ``spec`` (JSON) tells each worker what to train: the experiment's sections, paths, threads, log file
     and level. It travels in a file of a run folder under the experiment's folder (shared by every node
     of a SLURM job), where failed workers also leave their error line; the folder goes at the end."""
+    if d.estrategia == "fsdp" and not on_gpu:
+        raise AfinarError(
+            "treinamento.distribuido.estrategia: fsdp shards only across GPUs and this job has none — use "
+            "estrategia: ddp for CPU processes, or give the job GPUs"
+        )
     plan = plan_launch(d, on_gpu, threads)
     run_parent.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=".distribuido-", dir=run_parent))

@@ -686,6 +686,7 @@ def train(
     )
     from transformers.trainer_callback import PrinterCallback
 
+    distributed.check_strategy_applied(trainer, tr)
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
     masked = check_collated_batch(trainer, tokenizer, masking)
     params = count_parameters(trainer.model)
