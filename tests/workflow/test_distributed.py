@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import BIN, copy_workflow, offline_env, run_snakemake
+from tests.unit.conftest import tiny_model_dir  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.workflow
 
@@ -152,3 +153,45 @@ def test_two_process_training_killed_rank_and_resume(tmp_path):
     model = PeftModel.from_pretrained(base, adapter)
     assert any("lora_A" in name for name, _ in model.named_parameters())
     assert not list((wf / "results" / "demo").glob(".adapter.*"))
+
+
+def test_two_processes_same_seed_same_adapter(tiny_model_dir, tmp_path):  # noqa: F811
+    """Seed reproducibility under torchrun: two real 2-process (gloo) trainings with the same seed write
+    bit-identical adapters; a third with another seed does not."""
+    from dataclasses import asdict
+
+    from safetensors.torch import load_file
+
+    from afinar.train import distributed
+    from afinar.train.training import TrainPaths
+    from tests.unit.conftest import task_rows, write_split
+    from tests.unit.test_training import BASE_LORA, BASE_TREINAMENTO
+
+    def run(name: str, seed: int) -> dict:
+        results = tmp_path / name / "results"
+        write_split(results / "data" / "treino.parquet", task_rows(32, seed=1))
+        write_split(results / "data" / "validacao.parquet", task_rows(4, seed=2))
+        tr = {**BASE_TREINAMENTO, "backend": "transformers", "max_steps": 3, "seed": seed}
+        tr["distribuido"] = {"gpus": 2, "nos": 1, "estrategia": "ddp", "batch_global": None}
+        exp = {
+            "modelo": {"base": str(tiny_model_dir), "saida": ""},
+            "treinamento": tr,
+            "lora": dict(BASE_LORA),
+        }
+        paths = TrainPaths.for_experiment(results, "exp")
+        spec = {
+            "exp": exp,
+            "paths": {k: str(v) if v is not None else None for k, v in asdict(paths).items()},
+            "threads_per_process": 1,
+            "log": str(results / "train.log"),
+            "log_level": "INFO",
+        }
+        distributed.launch(
+            spec, distributed.settings(tr), on_gpu=False, threads=2, run_parent=results / "exp"
+        )
+        assert sorted(p.name for p in paths.adapter.glob("adapter_model*")) == ["adapter_model.safetensors"]
+        return load_file(paths.adapter / "adapter_model.safetensors")
+
+    first, second, other = run("a", seed=5), run("b", seed=5), run("c", seed=6)
+    assert first.keys() == second.keys() and all(first[k].equal(second[k]) for k in first)
+    assert not all(first[k].equal(other[k]) for k in first)
