@@ -212,3 +212,14 @@ def test_fsdp_checkpoints_count_as_complete(tmp_path):
     assert not checkpoints.is_complete(ckpt)
     (ckpt / "optimizer.bin").write_bytes(b"x")
     assert checkpoints.is_complete(ckpt)
+
+
+def test_node_sampler_finds_every_gpu_of_the_job_in_nvml():
+    """The job's GPUs as NVML lookups (by index or UUID); unset = every GPU; MIG slices are skipped."""
+    from afinar.monitor import hardware_snapshot, nvml_targets
+
+    assert nvml_targets("2,3") == [("index", "2"), ("index", "3")]
+    assert nvml_targets("GPU-aa11, 1") == [("uuid", "GPU-aa11"), ("index", "1")]
+    assert nvml_targets(None) == [] and nvml_targets("MIG-x") == []
+    row = hardware_snapshot(device_level=True)  # no GPU (or no NVML) here: the CPU fields, no crash
+    assert "ram_usada_gb" in row and "cpu_uso_%" in row

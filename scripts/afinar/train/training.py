@@ -672,6 +672,7 @@ def train(
         interval_s=5.0,
         extra=lambda: dict(shared),
         append=True,
+        device_level=distributed.world_size() > 1,  # every GPU of the node, not this process's one
     )
     metrics_cb = MetricsCallback(
         paths.live(paths.metrics_stream), paths.live(paths.training_metrics), shared, sampler
