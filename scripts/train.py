@@ -14,14 +14,19 @@ from afinar.errors import AfinarError, log_level_from_config, run_rule
 
 
 def main(smk) -> None:
-    tr = smk.params.treinamento
-    backend = tr["backend"]
+    from afinar.config.settings import Experiment
+    from afinar.runtime import wants_gpu
     from afinar.train import distributed
 
-    dist = distributed.check(tr)  # impossible combinations: one line before anything starts
+    p = smk.params
+    experiment = Experiment.from_sections(
+        smk.wildcards.exp, {"modelo": p.modelo, "treinamento": p.treinamento, "lora": p.lora}
+    )
+    backend = experiment.treinamento.backend
+    dist = distributed.check(experiment.treinamento)  # impossible combinations: one line, nothing started
     # Snakemake scales a job's gpu request down to --resources gpu=N; with N=0 the job gets no GPU.
     gpu_resource = int(getattr(smk.resources, "gpu", 1) or 0)
-    if gpu_resource == 0 and backend in ("auto", "unsloth"):
+    if gpu_resource == 0 and wants_gpu(backend):
         if backend == "unsloth":
             raise AfinarError(
                 "treinamento.backend: unsloth needs a GPU but snakemake ran this job with --resources gpu=0 — "
@@ -41,7 +46,7 @@ def main(smk) -> None:
     logging.getLogger("afinar.train").info(
         "CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     )
-    from afinar.train.training import TrainPaths
+    from afinar.train.training import TrainPaths, train
 
     out = smk.output
     paths = TrainPaths(
@@ -55,15 +60,13 @@ def main(smk) -> None:
         checkpoints=Path(smk.params.checkpoints),
         token_filter=Path(smk.input.filtro_tokens) if smk.input.get("filtro_tokens") else None,
     )
-    exp = {"modelo": smk.params.modelo, "treinamento": tr, "lora": smk.params.lora}
     with slot:
         if not dist.distributed:
-            from afinar.train.training import train
-
-            train(exp, paths, threads=smk.threads)
+            train(experiment, paths, threads=smk.threads)
             return
+        sections = experiment.sections()
         spec = {
-            "exp": exp,
+            "exp": {k: sections[k] for k in ("modelo", "treinamento", "lora")},
             "paths": {k: str(v) if v is not None else None for k, v in asdict(paths).items()},
             "threads_per_process": max(1, smk.threads // dist.gpus),
             "log": str(smk.log[0]) if len(smk.log) else None,

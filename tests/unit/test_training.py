@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
 from afinar.io import read_jsonl
 from afinar.train import chat, models
@@ -24,44 +25,26 @@ from afinar.train.training import (
     train,
 )
 
+# Only what these tests mean; every other key comes from config/schema.yaml, as in the workflow.
 BASE_TREINAMENTO = {
-    "backend": "auto",
-    "epochs": 1,
     "batch_size": 4,
     "grad_batch_size": 1,
     "max_seq_length": 256,
     "learning_rate": 3e-3,
     "warmup_steps": 1,
     "eval_steps": "50%",
-    "save_checkpoints": True,
-    "resume_from_checkpoint": True,
-    "nbits": 0,
+    "nbits": 0,  # no quantization: these runs are on CPU
     "seed": 11,
-    "train_on_responses_only": True,
-    "paciencia": None,
-    "max_grad_norm": 1.0,
-    "precisao": "auto",
-    "report_to": [],
-    "packing": False,
-    "save_total_limit": 2,
-    "limpar_checkpoints": False,
-    "continuar_de": "",
     "weight_decay": 0.0,
-    "optim": "auto",
-    "lr_scheduler_type": "linear",
     "gradient_checkpointing": False,
-    "max_steps": -1,
-    "filtro_tokens": {},
 }
 BASE_LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
 
 
-def experiment(model_dir, **treinamento):
-    tr = copy.deepcopy(BASE_TREINAMENTO)
-    lora = dict(BASE_LORA)
-    lora.update(treinamento.pop("lora", {}))
-    tr.update(treinamento)
-    return {"modelo": {"base": str(model_dir), "saida": ""}, "treinamento": tr, "lora": lora}
+def experiment(model_dir, **treinamento) -> Experiment:
+    tr = {**BASE_TREINAMENTO, **treinamento}
+    lora = {**BASE_LORA, **tr.pop("lora", {})}
+    return experiment_from_partial({"modelo": {"base": str(model_dir)}, "treinamento": tr, "lora": lora})
 
 
 def paths_for(splits, name) -> TrainPaths:
@@ -162,6 +145,46 @@ def test_resume_after_interruption_appends_metrics(tiny_model_dir, task_splits):
     assert [(b["resumed"], b["step"]) for b in begins] == [(False, 0), (True, 2)]
     steps = [r["step"] for r in read_jsonl(paths.metrics_stream) if "loss" in r]
     assert steps[:4] == [1, 2, 3, 4] and steps[4:] == [3, 4, 5, 6]  # history kept, run continued at step 3
+
+
+def test_kill_at_a_controlled_point_then_resume(tiny_model_dir, task_splits):
+    """The mechanism tests/gpu/test_train_gpu.py's resume test uses, on CPU: the child blocks right after
+    the checkpoint of step 4 and says so in a marker file; it is SIGKILLed there (no timing involved) and a
+    new run resumes from checkpoint-4."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    exp = experiment(tiny_model_dir, max_steps=6, eval_steps=2)
+    paths = paths_for(task_splits, "killed")
+    marker = paths.checkpoints.parent / "saved.step"
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(models.__file__).parents[2])!r})
+        from pathlib import Path
+        from afinar.train.callbacks import BlockAfterSave
+        from afinar.train.training import TrainPaths, train
+        train(json.loads({json.dumps(json.dumps(exp.sections()))}), TrainPaths.for_experiment({str(task_splits["treino"].parents[1])!r}, "killed"),
+              extra_callbacks=[BlockAfterSave(4, Path({str(marker)!r}))], threads=1)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        while not marker.exists():  # a condition written by the child, not a guess at its speed
+            assert child.poll() is None, child.stderr.read()[-3000:]
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert marker.read_text() == "4" and child.returncode == -signal.SIGKILL
+    assert (paths.checkpoints / "checkpoint-4" / "trainer_state.json").is_file()
+    assert not paths.adapter.exists()
+
+    summary = train(exp, paths)
+    assert summary["retomado_de"].endswith("checkpoint-4") and summary["global_step"] == 6
 
 
 def test_full_finetuning_with_packing(tiny_model_dir, task_splits):
@@ -283,8 +306,8 @@ def test_training_applies_the_filter_tokens_decisions(tiny_model_dir, task_split
     from afinar.train import token_filter
 
     paths = paths_for(task_splits, "filtro")
-    exp = experiment(tiny_model_dir, max_steps=1, save_checkpoints=False, eval_steps=0)
-    exp["treinamento"]["filtro_tokens"] = {"max_tokens": 200, "acao": "descartar"}
+    filtro = {"max_tokens": 200, "acao": "descartar"}
+    exp = experiment(tiny_model_dir, max_steps=1, save_checkpoints=False, eval_steps=0, filtro_tokens=filtro)
     decision = {
         "treino": {"total": 48, "mantidos": 45, "descartados": ["0", "1", "2"], "truncados": []},
         "validacao": {"total": 8, "mantidos": 7, "descartados": ["5"], "truncados": []},
@@ -301,7 +324,8 @@ def test_training_applies_the_filter_tokens_decisions(tiny_model_dir, task_split
     assert summary["tokens_treino"]["tokens"] == kept  # exactly the kept records were tokenized
 
     # a report made for other settings is refused before training
-    exp["treinamento"]["filtro_tokens"] = {"max_tokens": 100, "acao": "descartar"}
+    filtro = {"max_tokens": 100, "acao": "descartar"}
+    exp = experiment(tiny_model_dir, max_steps=1, save_checkpoints=False, eval_steps=0, filtro_tokens=filtro)
     with pytest.raises(AfinarError, match="rerun filter_tokens"):
         train(exp, paths)
 

@@ -21,6 +21,7 @@ chain; torchrun itself stops the other workers when one fails).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -70,9 +71,16 @@ class DistSettings:
         return self.world_size > 1
 
 
-def settings(tr: dict) -> DistSettings:
+def section(tr: Any) -> dict:
+    """A ``treinamento`` section as a plain dict: the typed settings (afinar.config.settings) or a mapping."""
+    if dataclasses.is_dataclass(tr) and not isinstance(tr, type):
+        return dataclasses.asdict(tr)
+    return dict(tr)
+
+
+def settings(tr: Any) -> DistSettings:
     """The distributed settings of a ``treinamento`` section (absent = one process, as before)."""
-    d = tr.get("distribuido") or {}
+    d = section(tr).get("distribuido") or {}
     return DistSettings(
         gpus=int(d.get("gpus", 1)),
         nos=int(d.get("nos", 1)),
@@ -81,8 +89,9 @@ def settings(tr: dict) -> DistSettings:
     )
 
 
-def config_problems(tr: dict) -> list[str]:
+def config_problems(tr: Any) -> list[str]:
     """Combinations the schema cannot refuse, one line each (naming the key and the alternative)."""
+    tr = section(tr)
     d, found = settings(tr), []
     if d.estrategia not in STRATEGIES:
         found.append(f"treinamento.distribuido.estrategia: {d.estrategia!r} is not one of ddp, fsdp")
@@ -114,7 +123,7 @@ def config_problems(tr: dict) -> list[str]:
     return found
 
 
-def check(tr: dict) -> DistSettings:
+def check(tr: Any) -> DistSettings:
     """:func:`settings`, refusing the first impossible combination with its one line."""
     problems = config_problems(tr)
     if problems:
@@ -122,8 +131,9 @@ def check(tr: dict) -> DistSettings:
     return settings(tr)
 
 
-def requested_backend(tr: dict) -> str:
+def requested_backend(tr: Any) -> str:
     """``backend: auto`` picks transformers under FSDP (Unsloth does not shard); else the config's value."""
+    tr = section(tr)
     backend = str(tr.get("backend") or "auto")
     if backend == "auto" and settings(tr).estrategia == "fsdp" and settings(tr).distributed:
         log.info("estrategia fsdp: backend auto uses transformers (Unsloth does not support FSDP)")
@@ -131,8 +141,9 @@ def requested_backend(tr: dict) -> str:
     return backend
 
 
-def grad_accumulation(tr: dict, world: int | None = None) -> int:
+def grad_accumulation(tr: Any, world: int | None = None) -> int:
     """Gradient accumulation steps: ``grad_batch_size``, or what ``batch_global`` leaves for it."""
+    tr = section(tr)
     d = settings(tr)
     if d.batch_global is None:
         return int(tr["grad_batch_size"])
@@ -140,11 +151,12 @@ def grad_accumulation(tr: dict, world: int | None = None) -> int:
     return max(1, d.batch_global // (int(tr["batch_size"]) * world))
 
 
-def fingerprint_view(tr: dict) -> dict:
+def fingerprint_view(tr: Any) -> dict:
     """The ``treinamento`` section as the checkpoint fingerprint sees it.
 
     DDP checkpoints hold whole (unsharded) weights and optimizer state, so they resume with another
     number of GPUs: gpus/nos leave the fingerprint. FSDP's stay in (its checkpoints follow the sharding)."""
+    tr = section(tr)
     d = settings(tr)
     if d.estrategia != "ddp" or "distribuido" not in tr:
         return tr
@@ -154,7 +166,7 @@ def fingerprint_view(tr: dict) -> dict:
 # ------------------------------------------------------------------------------- SLURM geometry
 
 
-def slurm_resources(tr: dict) -> dict[str, Any]:
+def slurm_resources(tr: Any) -> dict[str, Any]:
     """Resources of the train rule that the SLURM executor plugin turns into sbatch options.
 
     Empty for one process (the job is submitted as before). For a distributed job the rule runs its own
@@ -258,12 +270,13 @@ def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
     barrier()
 
 
-def trainer_options(tr: dict, gradient_checkpointing: bool) -> dict[str, Any]:
+def trainer_options(tr: Any, gradient_checkpointing: bool) -> dict[str, Any]:
     """SFTConfig keyword arguments of the strategy: FSDP2 through accelerate, or nothing (DDP is the
     Trainer's default under torchrun). Under FSDP activation checkpointing replaces gradient
     checkpointing (which would all-gather the weights twice in the backward pass; the training code
     turns the latter off). Checkpoints and the
     final adapter are full state dicts, so the adapter loads with plain PEFT."""
+    tr = section(tr)
     d = settings(tr)
     if not d.distributed:
         return {}
@@ -282,9 +295,10 @@ def trainer_options(tr: dict, gradient_checkpointing: bool) -> dict[str, Any]:
     return opts
 
 
-def check_strategy_applied(trainer: Any, tr: dict) -> None:
+def check_strategy_applied(trainer: Any, tr: Any) -> None:
     """Refuse an FSDP run that would silently be DDP: accelerate enables its FSDP plugin only for GPU
     (and other accelerator) process groups, never for CPU ones."""
+    tr = section(tr)
     d = settings(tr)
     if d.distributed and d.estrategia == "fsdp" and not getattr(trainer, "is_fsdp_enabled", False):
         raise AfinarError(
