@@ -84,8 +84,8 @@ class TrainSettings:
     agrupar_por_tamanho: bool
     pad_to_multiple_of: int | None
     max_steps: int
-    filtro_tokens: TokenFilterSettings
     distribuido: DistributedSettings
+    filtro_tokens: TokenFilterSettings
 
     @property
     def bits(self) -> int:
