@@ -45,8 +45,8 @@ def check_experiment(cfg: dict, prefix: str, found: _Problems) -> None:
     if t:
         from afinar.train.distributed import config_problems
 
-        for problem in config_problems(t):  # impossible distributed combinations (FSDP + 4-bit, ...)
-            found.add(f"{prefix}{problem}")
+        for issue in config_problems(t):  # impossible distributed combinations (FSDP + 4-bit, ...)
+            found.add(f"{prefix}{issue}")
     filtro = t.get("filtro_tokens") or {}
     max_tokens, max_seq = filtro.get("max_tokens"), t.get("max_seq_length")
     if isinstance(max_tokens, int) and isinstance(max_seq, int) and max_tokens > max_seq:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,11 +157,10 @@ def fingerprint_view(tr: Any) -> dict:
 
     DDP checkpoints hold whole (unsharded) weights and optimizer state, so they resume with another
     number of GPUs: gpus/nos leave the fingerprint. FSDP's stay in (its checkpoints follow the sharding)."""
-    tr = section(tr)
-    d = settings(tr)
-    if d.estrategia != "ddp" or "distribuido" not in tr:
-        return tr
-    return {**tr, "distribuido": {k: v for k, v in tr["distribuido"].items() if k not in ("gpus", "nos")}}
+    data = section(tr)
+    if settings(data).estrategia != "ddp" or "distribuido" not in data:
+        return data
+    return {**data, "distribuido": {k: v for k, v in data["distribuido"].items() if k not in ("gpus", "nos")}}
 
 
 # ------------------------------------------------------------------------------- SLURM geometry
@@ -338,9 +338,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def in_slurm_allocation(env: dict[str, str] | None = None) -> bool:
-    env = os.environ if env is None else env
-    return bool(env.get("SLURM_JOB_ID")) and shutil.which("srun") is not None
+def in_slurm_allocation(env: Mapping[str, str] | None = None) -> bool:
+    values: Mapping[str, str] = os.environ if env is None else env
+    return bool(values.get("SLURM_JOB_ID")) and shutil.which("srun") is not None
 
 
 def plan_launch(
