@@ -25,6 +25,7 @@ rule demo_model:
     conda:
         "../envs/train-cpu.yaml"
     params:
+        codigo=library_code("demo_model.py"),
         seed=0,
     script:
         "../scripts/demo_model.py"
@@ -42,6 +43,7 @@ rule filter_tokens:
     conda:
         train_env
     params:
+        codigo=library_code("filter_tokens.py"),
         base=exp_value("modelo", "base"),
         max_seq_length=exp_value("treinamento", "max_seq_length"),
         filtro_tokens=exp_value("treinamento", "filtro_tokens"),
@@ -69,6 +71,7 @@ rule train:
         gpu=train_gpus,
         mem_mb=train_mem_mb,
         runtime=train_runtime,
+        checkpoint_s=train_checkpoint_s,
         gres=train_gres,
         nodes=train_slurm("nodes"),
         tasks=train_slurm("tasks"),
@@ -76,8 +79,9 @@ rule train:
         tasks_per_gpu=train_slurm("tasks_per_gpu"),
         mpi=train_slurm("mpi"),
     params:
+        codigo=library_code("train.py"),
         modelo=exp_section("modelo"),
-        treinamento=exp_section("treinamento"),
+        treinamento=train_settings,
         lora=exp_section("lora"),
         checkpoints="results/{exp}/checkpoints",
     script:

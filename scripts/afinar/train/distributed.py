@@ -307,6 +307,34 @@ def check_strategy_applied(trainer: Any, tr: Any) -> None:
         )
 
 
+def sync_callbacks() -> list[Any]:
+    """In a distributed run, a callback that makes every rank take the same save/stop decision.
+
+    A checkpoint is a collective step (FSDP gathers weights; the Trainer all-reduces its FLOP count), so
+    a save or stop decided by one rank only (its SIGTERM arrived a step earlier, its clock passed
+    ``checkpoint_minutos`` first) would hang the others. At each step end the flags are OR-ed across
+    ranks (one tiny all-reduce). Empty outside a process group."""
+    import torch.distributed as dist
+    from transformers import TrainerCallback
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return []
+
+    class SyncControl(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            import torch
+
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+            flags = torch.tensor(
+                [float(control.should_save), float(control.should_training_stop)], device=device
+            )
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            control.should_save, control.should_training_stop = bool(flags[0].item()), bool(flags[1].item())
+            return control
+
+    return [SyncControl()]
+
+
 def fix_cpu_device(args: Any) -> None:
     """CPU processes under torchrun: the Trainer's device becomes plain ``cpu``.
 

@@ -589,7 +589,10 @@ def train(
     fingerprint = checkpoints.run_fingerprint(
         {
             "modelo": sections["modelo"],
-            "treinamento": distributed.fingerprint_view(sections["treinamento"]),
+            # how often checkpoints are written does not change what they hold; DDP's not the GPU count either
+            "treinamento": distributed.fingerprint_view(
+                {k: v for k, v in sections["treinamento"].items() if k != "checkpoint_minutos"}
+            ),
             "lora": sections["lora"],
             "backend": rt.backend,
         },
@@ -604,6 +607,13 @@ def train(
 
     from afinar.monitor import BackgroundSampler
     from afinar.train.callbacks import MetricsCallback
+    from afinar.train.resume import SafeCheckpoints, slurm_end_time, use_epoch_seeded_sampler
+
+    # checkpoints every checkpoint_minutos, on SIGTERM/SIGUSR1/SIGINT and before a SLURM job's end
+    save = the_plan.save
+    safe = SafeCheckpoints(
+        tr.checkpoint_minutos if save else None, on_signal=save, end_time=slurm_end_time() if save else None
+    )
 
     shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
     sampler = BackgroundSampler(
@@ -624,9 +634,11 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[metrics_cb, *callbacks] if main else callbacks,  # metric files: rank 0 only
+        # metric files: rank 0 only; every rank takes the same save/stop decision (signals, clocks differ)
+        callbacks=[*([metrics_cb] if main else []), safe, *distributed.sync_callbacks(), *callbacks],
     )
     distributed.check_strategy_applied(trainer, tr)
+    use_epoch_seeded_sampler(trainer, tr.seed)  # exact resume from any epoch
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
@@ -640,7 +652,7 @@ def train(
     )
 
     # 7. train, evaluate, save
-    with sampler if distributed.samples_hardware() else contextlib.nullcontext():  # one sampler per node
+    with sampler if distributed.samples_hardware() else contextlib.nullcontext(), safe:  # a sampler per node
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if eval_ds is not None else {}
     save_model(trainer, tokenizer, paths.adapter)
