@@ -16,7 +16,7 @@ from afinar.preflight import (  # noqa: E402
     experiments_needing_models,
 )
 from afinar.runtime import wants_gpu  # noqa: E402
-from afinar.train import distributed  # noqa: E402
+from afinar.train import dist_config as distributed  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
     check_workflow_placeholders,

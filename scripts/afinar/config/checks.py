@@ -43,7 +43,7 @@ def check_experiment(cfg: dict, prefix: str, found: _Problems) -> None:
             f"{prefix}treinamento.max_steps: 0 trains nothing — use -1 (epochs decide) or a positive number"
         )
     if t:
-        from afinar.train.distributed import config_problems
+        from afinar.train.dist_config import config_problems
 
         for issue in config_problems(t):  # impossible distributed combinations (FSDP + 4-bit, ...)
             found.add(f"{prefix}{issue}")
