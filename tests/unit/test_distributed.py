@@ -199,7 +199,7 @@ def test_fsdp_without_gpus_is_refused_before_any_process_starts(tmp_path):
 
 
 def test_fsdp_checkpoints_count_as_complete(tmp_path):
-    """FSDP (full state dict) writes optimizer.bin instead of optimizer.pt; resume must still find it."""
+    """FSDP (full state dict) writes optimizer.bin instead of optimizer.pt; its manifest makes it resumable."""
     import json
 
     from afinar.train import checkpoints
@@ -207,10 +207,10 @@ def test_fsdp_checkpoints_count_as_complete(tmp_path):
     ckpt = tmp_path / "checkpoint-4"
     ckpt.mkdir()
     (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
-    (ckpt / "adapter_model.safetensors").write_bytes(b"x")
-    (ckpt / "scheduler.pt").write_bytes(b"x")
-    assert not checkpoints.is_complete(ckpt)
-    (ckpt / "optimizer.bin").write_bytes(b"x")
+    for name in ("adapter_model.safetensors", "scheduler.pt", "optimizer.bin", "pytorch_model_fsdp.bin"):
+        (ckpt / name).write_bytes(b"x")
+    assert not checkpoints.is_complete(ckpt)  # no manifest yet: the save did not finish
+    checkpoints.write_manifest(ckpt)
     assert checkpoints.is_complete(ckpt)
 
 
