@@ -274,16 +274,28 @@ def predict_inputs(wildcards):
 
 
 def predict_base_inputs(wildcards):
-    """The test split, plus the base model folder when this workflow builds it (no adapter)."""
-    inputs = {"teste": f"{DATA}/teste.parquet"}
+    """The test split, plus the base model folder when this workflow builds it.
+
+    The adapter is an `ancient` input: it only orders predict_base after training (its changes never rerun
+    it), so that predict, of higher priority, can run first and make the base predictions with the model
+    it loaded anyway; predict_base then copies them (afinar.predict.base_cache).
+    """
+    inputs = {
+        "teste": f"{DATA}/teste.parquet",
+        "after_adapter": ancient(str(layout.exp_path(wildcards.exp, layout.ADAPTER))),
+    }
     inputs.update(zip(["base"], base_model_input(wildcards)))
     return inputs
 
 
+#: `predicao` keys that change speed or what runs, never the predictions: not params (no reruns)
+PREDICT_NOT_PARAMS = ("comparar_base", "batch_size")
+
+
 def predict_settings(wildcards):
-    """The experiment's `predicao` section minus `comparar_base` (which only decides if predict_base runs)."""
+    """The experiment's `predicao` keys that shape the predictions (the scripts read the others at run time)."""
     section = exp_params(wildcards, "predicao")
-    return {k: v for k, v in section.items() if k != "comparar_base"}
+    return {k: v for k, v in section.items() if k not in PREDICT_NOT_PARAMS}
 
 
 def predict_model(wildcards):
