@@ -17,6 +17,7 @@ from afinar.preflight import (  # noqa: E402
     experiments_needing_models,
 )
 from afinar.runtime import wants_gpu  # noqa: E402
+from afinar.train import dist_config as distributed  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
     check_workflow_placeholders,
@@ -209,8 +210,31 @@ def train_checkpoint_s(wildcards):
 
 
 def train_gpus(wildcards):
-    """One GPU slot for the Unsloth/auto backends; none for `backend: transformers`, the CPU path."""
-    return 1 if wants_gpu(EXPS[wildcards.exp]["treinamento"]["backend"]) else 0
+    """GPUs of the job on this node: `distribuido.gpus` (default 1) for the Unsloth/auto backends; none for
+    `backend: transformers`, the CPU path (its processes then run on the CPU). On several nodes the
+    per-node count goes through `gres` instead (SLURM's --gpus counts the whole job)."""
+    tr = EXPS[wildcards.exp]["treinamento"]
+    if not wants_gpu(tr["backend"]):
+        return 0
+    d = distributed.settings(tr)
+    return d.gpus if d.nos == 1 else None
+
+
+def train_gres(wildcards):
+    """`gpu:N` per node for a GPU training on several SLURM nodes; unset otherwise."""
+    tr = EXPS[wildcards.exp]["treinamento"]
+    d = distributed.settings(tr)
+    return f"gpu:{d.gpus}" if d.nos > 1 and wants_gpu(tr["backend"]) else None
+
+
+def train_slurm(key):
+    """One SLURM geometry resource of a distributed training (nodes, tasks, mpi, ...); unset for one
+    process. See afinar.train.distributed.slurm_resources."""
+
+    def _value(wildcards):
+        return distributed.slurm_resources(EXPS[wildcards.exp]["treinamento"]).get(key)
+
+    return _value
 
 
 def train_env(wildcards):
@@ -221,10 +245,12 @@ def train_env(wildcards):
 
 
 def train_mem_mb(wildcards):
-    """Host memory to reserve: small for the demo model, generous for real models (override in a profile)."""
-    return (
+    """Host memory to reserve per node: small for the demo model, generous for real models (override in a
+    profile), times the training processes of a node."""
+    per_process = (
         4000 if layout.under_results(EXPS[wildcards.exp]["modelo"]["base"]) else 32000
     )
+    return per_process * distributed.settings(EXPS[wildcards.exp]["treinamento"]).gpus
 
 
 def train_runtime(wildcards):
