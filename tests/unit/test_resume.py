@@ -156,3 +156,15 @@ def test_a_known_job_end_time_stops_with_a_checkpoint_before_it(tiny_model_dir, 
     newest = checkpoints.latest_complete(paths.checkpoints)
     assert newest is not None and checkpoints.checkpoint_step(newest) == safe.stopped_at
     assert 0 < safe.stopped_at < 30
+
+
+def test_a_repeated_sigterm_still_writes_the_checkpoint_but_a_second_ctrl_c_stops_at_once():
+    """A SLURM time limit delivers SIGTERM more than once (SLURM, srun and snakemake each pass one on, seen
+    on the test cluster): that is one request, the checkpoint is still written; Ctrl-C twice means now."""
+    safe = SafeCheckpoints(None)
+    safe.request_stop("SIGTERM")
+    safe.request_stop("SIGTERM")
+    safe.request_stop("SIGUSR1")
+    assert safe.signal_name == "SIGTERM"  # still stopping after the step, checkpoint first
+    with pytest.raises(KeyboardInterrupt):
+        safe.request_stop("SIGINT")

@@ -15,7 +15,8 @@ Two things make a resumed run differ from the uninterrupted one, and two lose wo
   ``--signal=B:USR1@<s>``, SIGINT from Ctrl-C): the step in progress ends, the checkpoint is written in
   full (the Trainer writes ``trainer_state.json`` last, which is what
   :func:`afinar.train.checkpoints.is_complete` checks), then the run stops with
-  :class:`TrainingInterrupted`. A second signal while that is under way stops at once.
+  :class:`TrainingInterrupted`. A second Ctrl-C (SIGINT) while that is under way stops at once; a
+  repeated SIGTERM/SIGUSR1 does not (a SLURM time limit reaches the process several times).
 - **A time limit that arrives mid-step.** Inside a SLURM job the run also reads the job's end time
   (``squeue``) and stops the same way, checkpoint first, when the next steps plus a checkpoint would no
   longer fit: whether a signal reaches this process through Snakemake's job step depends on the
@@ -135,7 +136,12 @@ class SafeCheckpoints(TrainerCallback):
     # ----------------------------------------------------------------------------- signals
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.signal_name is not None:  # asked twice: the user (or SLURM) means now
+        if self.signal_name is not None and name != "SIGINT":
+            # one time limit sends SIGTERM several times (SLURM to each process of the step, then srun and
+            # snakemake pass theirs on): still the same request; SLURM's SIGKILL follows after KillWait
+            log.info("%s again: still finishing the step and writing the checkpoint", name)
+            return
+        if self.signal_name is not None:  # Ctrl-C twice: the user means now
             log.warning("%s again while writing the checkpoint: stopping now", name)
             self.restore()
             raise KeyboardInterrupt(name)
