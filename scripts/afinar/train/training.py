@@ -22,7 +22,7 @@ from typing import Any
 
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
-from afinar.train import chat, checkpoints, models, token_filter
+from afinar.train import batching, chat, checkpoints, models, token_filter
 
 log = logging.getLogger("afinar.train.training")
 
@@ -479,6 +479,8 @@ def train(
     max_len = int(tr["max_seq_length"])
     model_config = models.read_model_config(source)
     models.check_max_seq_length(max_len, model_config, source)
+    token_budget = batching.token_budget_option(tr.get("tokens_por_lote"), max_len, bool(tr.get("packing")))
+    liger = batching.liger_option(tr.get("liger_kernel"), backend, cuda)
     continuar_de = str(tr.get("continuar_de") or "")
     if continuar_de:
         models.resolve_model_source(continuar_de, key="treinamento.continuar_de")
@@ -552,11 +554,25 @@ def train(
     packing = bool(tr.get("packing", False))
     epochs = float(tr["epochs"])
     max_steps = int(tr.get("max_steps", -1) or -1)
-    if packing:
-        rows_estimate = max(1, math.ceil(train_stats["tokens"] / max_len))
+    padding = padding_free_option(tr.get("padding_free"), packing)
+    padding.update(
+        pad_multiple_option(
+            tr.get("pad_to_multiple_of"),
+            padding,
+            packing,
+            cuda,
+            max_len,
+            models.model_max_length(model_config),
+        )
+    )
+    grouped = batching.use_length_grouping(tr, packing)  # our batch sampler (batching.py)
+    lengths = [len(ids) for ids in train_tok["input_ids"]]
+    pad_multiple = int(padding.get("pad_to_multiple_of") or 1)
+    if grouped:
+        steps_per_epoch = batching.steps_per_epoch(lengths, batch, accum, seed, token_budget, pad_multiple)
     else:
-        rows_estimate = len(train_ds)
-    steps_per_epoch = max(1, math.ceil(rows_estimate / (batch * accum)))
+        rows_estimate = max(1, math.ceil(train_stats["tokens"] / max_len)) if packing else len(train_ds)
+        steps_per_epoch = max(1, math.ceil(rows_estimate / (batch * accum)))
     total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
     eval_every = resolve_steps(tr.get("eval_steps", "15%"), total_steps) if eval_ds is not None else 0
     do_eval = bool(eval_every)
@@ -571,17 +587,6 @@ def train(
     save_every = eval_every or max(1, min(50, total_steps // 5 or 1))
     load_best = bool(save and do_eval)  # B10: best-model reloading only where checkpoints are saved
 
-    padding = padding_free_option(tr.get("padding_free"), packing)
-    padding.update(
-        pad_multiple_option(
-            tr.get("pad_to_multiple_of"),
-            padding,
-            packing,
-            cuda,
-            max_len,
-            models.model_max_length(model_config),
-        )
-    )
     # rows are already within max_len (tokenize_split); TRL refuses max_length on padding-free unpacked rows
     sft_max_length = None if padding.get("padding_free") and not packing else max_len
 
@@ -622,6 +627,7 @@ def train(
         train_sampling_strategy="group_by_length"
         if tr.get("agrupar_por_tamanho", True) and not packing
         else "random",
+        **liger,
         dataset_num_proc=None,
         dataloader_num_workers=0,
         use_cpu=not cuda,
@@ -667,6 +673,8 @@ def train(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
+    if grouped:
+        batching.install(trainer, lengths, token_budget, pad_multiple)
     masked = check_collated_batch(trainer, tokenizer, masking)
     params = count_parameters(trainer.model)
     log.info(
