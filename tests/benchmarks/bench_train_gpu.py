@@ -17,9 +17,9 @@ What is timed, identically on both paths (``Throughput`` below):
   share its import time; later ones find Triton/compile caches warm, so put the one whose end-to-end time
   matters first.
 
-Real (non-padding) tokens are counted on the CPU from every collated batch (attention mask, else packed
-sequence lengths, else every position), so the count costs no GPU sync; the first ``warmup x accumulation``
-batches belong to the warm-up steps. Memory = peak reserved GPU memory of the variant.
+Real (non-padding) tokens are counted on the CPU from the examples of every collated batch (the lengths of
+their ``input_ids``), so the count costs no GPU sync; the first ``warmup x accumulation`` batches belong to
+the warm-up steps. Memory = peak reserved GPU memory of the variant.
 
 MFU = 4 x N x real tokens/s / peak, N = the parameters that multiply every token (all of them minus the
 input embedding, counted from the config so 4-bit weights are not undercounted). 4·N is LoRA's cost per
@@ -117,6 +117,18 @@ _BASE_VARIANTS: dict[str, dict] = {
     "ours-tf-liger-t8k": {
         "path": "ours",
         "tr": {"nbits": 0, "backend": "transformers", "liger_kernel": True, "tokens_por_lote": 8192},
+    },
+    # flex attention over the padding-free row, padded to the budget: one shape, one compilation
+    "ours-tf-flex-t8k": {
+        "path": "ours",
+        "attn": "flex_attention",
+        "tr": {
+            "nbits": 0,
+            "backend": "transformers",
+            "padding_free": True,
+            "tokens_por_lote": 8192,
+            "pad_to_multiple_of": 8192,
+        },
     },
     "ours-tf-padfree-t8k": {
         "path": "ours",
@@ -308,7 +320,10 @@ def throughput_callback(warmup: int):
 
             def counting(examples):
                 batch = collate(examples)
-                self.batch_tokens.append(real_tokens(batch))
+                try:  # each example's own tokens: exact for padded, padding-free and packed rows
+                    self.batch_tokens.append(sum(len(e["input_ids"]) for e in examples))
+                except (KeyError, TypeError):
+                    self.batch_tokens.append(real_tokens(batch))
                 self.batch_rows.append(len(examples))
                 return batch
 
@@ -494,7 +509,20 @@ def run_ours(model: dict, variant: str, args, callbacks: list) -> dict:
             target.unlink()
         os.symlink(Path(model["data"]) / f"{name}.parquet", target)
     exp = ours_config(model, settings, args.max_steps, batch, args.cpu_smoke)
-    summary = train(exp, paths, extra_callbacks=callbacks, threads=2 if args.cpu_smoke else None)
+    attn = VARIANTS[variant].get("attn")
+    if attn and not args.cpu_smoke:  # the transformers backend's loader, with another attention kernel
+        import functools
+
+        import transformers
+
+        load = transformers.AutoModelForCausalLM.from_pretrained
+        transformers.AutoModelForCausalLM.from_pretrained = functools.partial(load, attn_implementation=attn)
+        try:
+            summary = train(exp, paths, extra_callbacks=callbacks)
+        finally:
+            transformers.AutoModelForCausalLM.from_pretrained = load
+    else:
+        summary = train(exp, paths, extra_callbacks=callbacks, threads=2 if args.cpu_smoke else None)
     keys = ("backend", "agrupar_por_tamanho", "tokens_por_lote", "packing", "padding_free", "liger_kernel")
     return {
         "batch": batch,

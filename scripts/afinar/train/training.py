@@ -194,12 +194,15 @@ def pad_multiple_option(
     max_len: int = 0,
     model_limit: int | None = None,
 ) -> dict[str, int]:
-    """``treinamento.pad_to_multiple_of`` as SFTConfig keyword arguments (only for padded batches).
+    """``treinamento.pad_to_multiple_of`` as SFTConfig keyword arguments.
 
-    The automatic rounding (null, on a GPU) is skipped where rounding ``max_len`` up would pass the
-    model's position limit."""
-    if packing or padding.get("padding_free", False):
+    Padded batches: the automatic rounding (null, on a GPU) is skipped where rounding ``max_len`` up would
+    pass the model's position limit. Padding-free rows are rounded only when a value is set (with
+    ``tokens_por_lote`` equal to it every row has one width: one shape for compiled attention kernels)."""
+    if packing:
         return {}
+    if padding.get("padding_free", False):
+        return {"pad_to_multiple_of": int(value)} if value is not None and int(value) > 1 else {}
     if value is None:
         rounded = -(-max_len // GPU_PAD_MULTIPLE) * GPU_PAD_MULTIPLE
         fits = model_limit is None or rounded <= model_limit
@@ -567,7 +570,8 @@ def train(
     )
     grouped = batching.use_length_grouping(tr, packing)  # our batch sampler (batching.py)
     lengths = [len(ids) for ids in train_tok["input_ids"]]
-    pad_multiple = int(padding.get("pad_to_multiple_of") or 1)
+    # a padding-free row costs its tokens (its rounding is added once, not per record)
+    pad_multiple = 1 if padding.get("padding_free") else int(padding.get("pad_to_multiple_of") or 1)
     if grouped:
         steps_per_epoch = batching.steps_per_epoch(lengths, batch, accum, seed, token_budget, pad_multiple)
     else:
