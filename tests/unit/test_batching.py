@@ -135,3 +135,19 @@ def test_token_budget_below_max_seq_length_is_one_clear_error(tiny_model_dir, ta
     exp = experiment(tiny_model_dir, tokens_por_lote=100)
     with pytest.raises(AfinarError, match="tokens_por_lote: 100 is below max_seq_length"):
         train(exp, paths_for(task_splits, "small-budget"), threads=2)
+
+
+def test_plan_counts_the_batches_of_the_token_budget():
+    """plan()'s steps (and so eval/save intervals) are the batch plan's own count, rounding included."""
+    from afinar.config.settings import experiment_from_partial
+    from afinar.runtime import Runtime
+    from afinar.train.training import DataSizes, plan
+
+    gpu = Runtime(backend="unsloth", precision="bf16", cuda=True, optim="adamw_8bit")
+    lengths = tuple(spread_lengths(1000))
+    tr = {"tokens_por_lote": 4096, "max_seq_length": 1024, "batch_size": 8, "grad_batch_size": 2}
+    e = experiment_from_partial({"modelo": {"base": "org/m"}, "treinamento": tr})
+    p = plan(e, gpu, DataSizes(1000, sum(lengths), 0, lengths), "ck", model_limit=4096)
+    batches = plan_batches(lengths, 8, e.treinamento.seed, 0, 4096, pad_multiple=64)  # widths rounded to 64
+    assert p.steps_per_epoch == -(-len(batches) // 2) and p.steps_per_epoch < 1000 / 16
+    assert p.sft_args["pad_to_multiple_of"] == 64

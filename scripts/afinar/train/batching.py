@@ -149,11 +149,22 @@ def token_budget_option(value: Any, max_len: int, packing: bool) -> int | None:
     return value
 
 
-def use_length_grouping(tr: dict, packing: bool) -> bool:
-    """Our sampler replaces the trainer's: length grouping on (the default) or a token budget set."""
-    return not packing and (
-        bool(tr.get("agrupar_por_tamanho", True)) or tr.get("tokens_por_lote") is not None
-    )
+def use_length_grouping(tr: Any) -> bool:
+    """Our sampler replaces the trainer's (``tr``: the typed ``treinamento`` settings): length grouping on
+    (the default) or a token budget set, and no packing."""
+    return not tr.packing and (tr.agrupar_por_tamanho or tr.tokens_por_lote is not None)
+
+
+def plan_pad_multiple(padding: dict[str, Any]) -> int:
+    """The rounding a batch's cost is planned with: a padded batch's width is rounded to
+    ``pad_to_multiple_of``; a padding-free row costs its tokens (its rounding is added once, not per record)."""
+    return 1 if padding.get("padding_free") else int(padding.get("pad_to_multiple_of") or 1)
+
+
+def check_options(tr: Any, backend: str, cuda: bool) -> None:
+    """Every ``tokens_por_lote``/``liger_kernel`` error as one line, before anything heavy loads."""
+    token_budget_option(tr.tokens_por_lote, tr.max_seq_length, tr.packing)
+    liger_option(tr.liger_kernel, backend, cuda)
 
 
 def steps_per_epoch(
