@@ -6,8 +6,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from afinar.config import check_paths, experiments, load_config  # noqa: E402
+from afinar.config import check_paths, experiments, load_config, read_yaml  # noqa: E402
+from afinar import layout  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
+from afinar.preflight import (  # noqa: E402
+    check_models_available,
+    experiments_needing_models,
+)
 from afinar.runtime import wants_gpu  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
@@ -18,6 +23,8 @@ from afinar.config.profile_check import (  # noqa: E402
 def _load():
     """Normalize and check the config once, before any job: a bad config is one line and exit 1."""
     try:
+        for path in workflow.configfiles:  # Snakemake's reader keeps a repeated key silently
+            read_yaml(path)
         cfg = load_config(dict(config))
         problems = check_paths(cfg)
     except AfinarError as exc:
@@ -49,12 +56,22 @@ def _check_gpu_resources():
                 )
 
 
+def check_models_before_jobs(workflow):
+    """Called from onstart: the base models of the experiments whose planned jobs load one are available.
+
+    A Hub id that is not cached while offline would otherwise fail only in the train job, after the
+    data stages and ~100 s of Hub retries."""
+    needed = experiments_needing_models(workflow.dag.needrun_jobs())
+    if needed:
+        check_models_available(EXPS, needed)
+
+
 CFG = _load()
 _check_profile()
 EXPS = experiments(CFG)
 _check_gpu_resources()
-DATA = "results/data"
-SPLITS = ["treino", "validacao", "teste"]
+DATA = layout.DATA
+SPLITS = list(layout.SPLITS)
 DATASET_MODE = CFG["formatos"]["tipo_entrada"] == "dataset"
 
 
@@ -75,26 +92,26 @@ def exp_section(section):
 def base_model_input(wildcards):
     """The base model folder as an input when a rule of this workflow builds it (the demo model)."""
     base = EXPS[wildcards.exp]["modelo"]["base"]
-    return [base] if base.startswith("results/") else []
+    return [base] if layout.under_results(base) else []
 
 
 def exp_targets(exp):
     """Everything one experiment produces by default: its report pulls in training, predictions and charts."""
-    return [f"results/{exp}/relatorio.md", f"results/{exp}/avaliacao/metricas.json"]
+    return [str(layout.exp_path(exp, p)) for p in (layout.REPORT, layout.METRICS)]
 
 
 def all_targets(wildcards):
     """The default target: every experiment's report, the comparison when there are several, exports."""
     targets = [t for exp in EXPS for t in exp_targets(exp)]
     if len(EXPS) > 1:
-        targets += ["results/comparacao.md", "results/comparacao.png"]
+        targets += list(layout.COMPARISON)
     for exp in EXPS:
         targets += export_targets(exp)
     return targets
 
 
 # --- helpers of rules/train.smk ------------------------------------------------------------
-DEMO_MODEL = "results/demo/modelo-base"
+DEMO_MODEL = layout.DEMO_MODEL
 
 
 def demo_corpus(wildcards):
@@ -137,14 +154,14 @@ def train_env(wildcards):
 def train_mem_mb(wildcards):
     """Host memory to reserve: small for the demo model, generous for real models (override in a profile)."""
     return (
-        4000 if EXPS[wildcards.exp]["modelo"]["base"].startswith("results/") else 32000
+        4000 if layout.under_results(EXPS[wildcards.exp]["modelo"]["base"]) else 32000
     )
 
 
 def train_runtime(wildcards):
     """Minutes (SLURM time limit); a killed job resumes from its checkpoints on the next run."""
     return (
-        30 if EXPS[wildcards.exp]["modelo"]["base"].startswith("results/") else 24 * 60
+        30 if layout.under_results(EXPS[wildcards.exp]["modelo"]["base"]) else 24 * 60
     )
 
 
@@ -155,7 +172,7 @@ def predict_inputs(wildcards):
     """The test split and the trained adapter, plus the base model folder when this workflow builds it."""
     inputs = {
         "teste": f"{DATA}/teste.parquet",
-        "adapter": f"results/{wildcards.exp}/adapter",
+        "adapter": str(layout.exp_path(wildcards.exp, layout.ADAPTER)),
     }
     inputs.update(zip(["base"], base_model_input(wildcards)))
     return inputs
@@ -187,9 +204,9 @@ def predict_training(wildcards):
 
 def evaluate_inputs(wildcards):
     """The fine-tuned predictions, plus the base model's when `predicao.comparar_base` asks for them."""
-    inputs = {"predicoes": f"results/{wildcards.exp}/predicoes/teste.jsonl"}
+    inputs = {"predicoes": str(layout.exp_path(wildcards.exp, layout.PREDICTIONS))}
     if exp_params(wildcards, "predicao")["comparar_base"]:
-        inputs["base"] = f"results/{wildcards.exp}/predicoes/teste_base.jsonl"
+        inputs["base"] = str(layout.exp_path(wildcards.exp, layout.BASE_PREDICTIONS))
     return inputs
 
 
@@ -230,14 +247,10 @@ def report_data_inputs(wildcards):
 def compare_inputs(wildcards):
     """Per experiment, in EXPS order: metrics, training summary, hardware and training logs."""
     return {
-        "metricas": [f"results/{exp}/avaliacao/metricas.json" for exp in EXPS],
-        "summary": [f"results/{exp}/metrics_summary.json" for exp in EXPS],
-        "hardware": [
-            f"results/{exp}/treinamento/hardware_metrics.jsonl" for exp in EXPS
-        ],
-        "training": [
-            f"results/{exp}/treinamento/training_metrics.jsonl" for exp in EXPS
-        ],
+        "metricas": [str(layout.exp_path(exp, layout.METRICS)) for exp in EXPS],
+        "summary": [str(layout.exp_path(exp, layout.METRICS_SUMMARY)) for exp in EXPS],
+        "hardware": [str(layout.exp_path(exp, layout.HARDWARE_METRICS)) for exp in EXPS],
+        "training": [str(layout.exp_path(exp, layout.TRAINING_METRICS)) for exp in EXPS],
     }
 
 

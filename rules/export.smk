@@ -43,7 +43,7 @@ rule export_gguf:
     params:
         tipo=export_gguf_tipo,
         llama_cpp=EXPORTACAO["llama_cpp"],
-        pre_tokenizer=EXPORTACAO.get("gguf_pre_tokenizer", ""),
+        pre_tokenizer=EXPORTACAO["gguf_pre_tokenizer"],
     script:
         "../scripts/export.py"
 

@@ -14,7 +14,12 @@ rule predict:
     output:
         predicoes="results/{exp}/predicoes/teste.jsonl",
         memoria="results/{exp}/treinamento/memoria_predicao.jsonl",
-        grafico="results/{exp}/treinamento/memoria_predicao.png",
+        grafico=report(
+            "results/{exp}/treinamento/memoria_predicao.png",
+            caption="captions/memoria_predicao.rst",
+            category="{exp}",
+            subcategory="Prediction",
+        ),
     log:
         "results/logs/predict/{exp}.log",
     benchmark:

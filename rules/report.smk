@@ -86,8 +86,10 @@ rule report:
             rules.charts.output.campos,
         ],
     output:
-        report(
-            "results/{exp}/relatorio.md",
+        md="results/{exp}/relatorio.md",
+        # the same report as one self-contained page: snakemake --report shows HTML, not Markdown
+        html=report(
+            "results/{exp}/relatorio.html",
             caption="captions/relatorio.rst",
             category="{exp}",
             subcategory="Report",

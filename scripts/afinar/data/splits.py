@@ -26,13 +26,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from afinar import layout
 from afinar.data.pairing import PRIVATE_MODE, format_ids, read_text
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("afinar.data.splits")
 
-SPLITS = ("treino", "validacao", "teste")
+SPLITS = layout.SPLITS
 ID_COLUMN, LABEL_COLUMN = "id_arquivo", "alvo"
 PROTECTED_MODE = 0o444
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

@@ -80,7 +80,7 @@ def collect(files: ExperimentFiles) -> ExperimentResult:
         train_seconds=seconds,
         peak_gpu_gb=peak_gpu_gb(samples),
         peak_ram_gb=max(ram) if ram else None,
-        trainable_params=info.get("trainable_params", info.get("trainable")),
+        trainable_params=info.get("treinaveis"),  # written by training.count_parameters
         config=files.config,
     )
 

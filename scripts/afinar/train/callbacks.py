@@ -184,3 +184,27 @@ class StopAfterSteps(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step >= self.steps:
             raise KeyboardInterrupt(f"stopped after step {state.global_step}")
+
+
+class BlockAfterSave(TrainerCallback):
+    """Once a checkpoint of step >= ``steps`` is saved: write ``marker`` (holding the step), then block.
+
+    A kill test needs the process to be killed at a known point. Waiting for a checkpoint folder and then
+    sleeping was a race: on a fast GPU training finished and rotated that checkpoint away in the sleep.
+    Here training stops right after the checkpoint and its rotation are complete, and stays there until
+    the test kills it (SIGKILL, like an out-of-memory kill or a SLURM time limit): nothing depends on speed.
+    """
+
+    def __init__(self, steps: int, marker: str | Path):
+        self.steps = steps
+        self.marker = Path(marker)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step < self.steps:
+            return
+        tmp = self.marker.with_name(self.marker.name + ".tmp")
+        tmp.write_text(str(state.global_step), encoding="utf-8")
+        tmp.replace(self.marker)  # atomic: the test never reads a half-written step
+        import threading
+
+        threading.Event().wait()  # until killed

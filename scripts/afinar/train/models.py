@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from afinar.errors import AfinarError
+from afinar.preflight import resolved
 
 log = logging.getLogger("afinar.train.models")
 
@@ -56,7 +57,9 @@ def resolve_model_source(name: str, key: str = "modelo.base") -> str:
             )
         return str(path)
     if _looks_like_path(name):
-        raise AfinarError(f"{key}: folder {name} not found — download the model first or fix the path")
+        raise AfinarError(
+            f"{key}: folder {resolved(name)} not found — download the model first or fix the path"
+        )
     if is_offline():
         try:
             from huggingface_hub import snapshot_download
