@@ -132,9 +132,11 @@ def test_training_with_a_token_budget_uses_batches_that_fit(tiny_model_dir, tmp_
 
 
 def test_token_budget_below_max_seq_length_is_one_clear_error(tiny_model_dir, task_splits):
-    exp = experiment(tiny_model_dir, tokens_por_lote=100)
+    """Refused when the settings are read (afinar validate names it too), before any model loads."""
     with pytest.raises(AfinarError, match="tokens_por_lote: 100 is below max_seq_length"):
-        train(exp, paths_for(task_splits, "small-budget"), threads=2)
+        train(
+            experiment(tiny_model_dir, tokens_por_lote=100), paths_for(task_splits, "small-budget"), threads=2
+        )
 
 
 def test_plan_counts_the_batches_of_the_token_budget():

@@ -49,6 +49,15 @@ def check_experiment(cfg: dict, prefix: str, found: _Problems) -> None:
             f"{prefix}treinamento.filtro_tokens.max_tokens: {max_tokens} exceeds treinamento.max_seq_length "
             f"({max_seq}) — lower it or raise max_seq_length"
         )
+    budget = t.get("tokens_por_lote")
+    if isinstance(budget, int) and isinstance(max_seq, int):  # the train stage's own check, at validate time
+        from afinar.errors import AfinarError
+        from afinar.train.batching import token_budget_option
+
+        try:
+            token_budget_option(budget, max_seq, bool(t.get("packing")))
+        except AfinarError as exc:
+            found.add(f"{prefix}{exc}")
     if t.get("paciencia") and t.get("eval_steps") in (0, "0%"):
         found.add(
             f"{prefix}treinamento.paciencia: early stopping needs evaluations, but eval_steps is 0 — set eval_steps"
