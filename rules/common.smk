@@ -1,11 +1,13 @@
 # Config → experiments, targets and small named helpers shared by every rule file.
 # No logic lives in lambdas: rules call the named functions below.
+import functools
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
+from afinar.code_version import library_digest  # noqa: E402
 from afinar.config import check_paths, experiments, load_config, read_yaml  # noqa: E402
 from afinar import layout  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
@@ -75,6 +77,19 @@ SPLITS = list(layout.SPLITS)
 DATASET_MODE = CFG["formatos"]["tipo_entrada"] == "dataset"
 
 
+SCRIPTS = Path(workflow.basedir) / "scripts"
+
+
+@functools.cache
+def library_code(script):
+    """Digest of the afinar modules that scripts/<script> imports (the `codigo` param of its rules).
+
+    Snakemake notices an edited rule script by itself, not an edited library module; with this param a
+    change to e.g. afinar/evaluate/evaluation.py reruns evaluate and what follows, nothing upstream.
+    Computed once per script and run (functools.cache)."""
+    return library_digest(SCRIPTS / script, SCRIPTS)
+
+
 def exp_params(wildcards, section):
     """The experiment's normalized config section (modelo, treinamento, lora or predicao)."""
     return EXPS[wildcards.exp][section]
@@ -137,6 +152,18 @@ def train_inputs(wildcards):
     if base.rstrip("/") == DEMO_MODEL:
         inputs["base"] = DEMO_MODEL
     return inputs
+
+
+def train_settings(wildcards):
+    """`treinamento` minus `checkpoint_minutos`: how often checkpoints are written never changes the
+    adapter, so it must not rerun train; it travels as the `checkpoint_s` resource instead."""
+    section = exp_params(wildcards, "treinamento")
+    return {k: v for k, v in section.items() if k != "checkpoint_minutos"}
+
+
+def train_checkpoint_s(wildcards):
+    """`treinamento.checkpoint_minutos` in whole seconds (resources are integers; 0 = off)."""
+    return round(60 * float(exp_params(wildcards, "treinamento")["checkpoint_minutos"] or 0))
 
 
 def train_gpus(wildcards):
@@ -225,6 +252,11 @@ def exp_value(section, key):
 def exp_config(wildcards):
     """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it."""
     return EXPS[wildcards.exp]
+
+
+def report_misc(wildcards):
+    """`misc` as the report uses it: without `log_level`, which must never rerun anything."""
+    return {k: v for k, v in CFG["misc"].items() if k != "log_level"}
 
 
 def data_config(wildcards):

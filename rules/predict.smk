@@ -32,6 +32,7 @@ rule predict:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
     params:
+        codigo=library_code("predict.py"),
         predicao=predict_settings,
         modelo=predict_model,
         treinamento=predict_training,
@@ -56,6 +57,7 @@ rule predict_base:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
     params:
+        codigo=library_code("predict.py"),
         predicao=predict_settings,
         modelo=predict_model,
         treinamento=predict_training,
@@ -76,6 +78,7 @@ rule evaluate:
     conda:
         "../envs/report.yaml"
     params:
+        codigo=library_code("evaluate.py"),
         formato_saida=CFG["formatos"]["formato_saida"],
         avaliacao=CFG["avaliacao"],
     script:

@@ -57,6 +57,7 @@ rule charts:
     conda:
         "../envs/report.yaml"
     params:
+        codigo=library_code("charts.py"),
         base=exp_value("modelo", "base"),
         max_seq_length=exp_value("treinamento", "max_seq_length"),
         max_grad_norm=exp_value("treinamento", "max_grad_norm"),
@@ -101,9 +102,10 @@ rule report:
     conda:
         "../envs/report.yaml"
     params:
+        codigo=library_code("report.py"),
         experimento=exp_config,
         dados=data_config,
-        misc=CFG["misc"],
+        misc=report_misc,
         relatorio=CFG["relatorio"],
     script:
         "../scripts/report.py"
@@ -130,6 +132,7 @@ rule compare:
     conda:
         "../envs/report.yaml"
     params:
+        codigo=library_code("compare.py"),
         experimentos=compare_configs,
     script:
         "../scripts/compare.py"

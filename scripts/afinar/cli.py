@@ -144,7 +144,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cfg: dict | None = load_config(raw)
     except AfinarError:
         cfg = None
-    sources = {}
+    sources: list[tuple[bool, str]] = []
     if cfg is not None:
         found += [
             p for p in preflight.mask_problems(cfg) + preflight.answer_format_problems(cfg) if p not in found
@@ -331,7 +331,7 @@ def file_status(cfg: dict) -> list[str]:
     keys.append(("modelo", "base"))
     lines = []
     for path in keys:
-        value = cfg
+        value: Any = cfg
         for part in path:
             value = value[part]
         name = ".".join(path)
@@ -457,7 +457,8 @@ def _read_split(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path, columns=["id", "messages"]).to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(path, columns=["id", "messages"]).to_pylist()
+        return rows
     except Exception as exc:  # noqa: BLE001 - a corrupt file is a user-visible state, not a crash
         raise AfinarError(
             f"{path}: cannot read the split ({str(exc).splitlines()[0]}) — delete it and rerun snakemake"

@@ -82,6 +82,23 @@ def prompt_room_problem(max_seq_length: Any, max_new_tokens: Any, prefix: str = 
     )
 
 
+def entrada_problems(entrada: dict[str, Any]) -> list[str]:
+    """Where the inputs come from: a folder, or a parquet file with its text and id columns (pairing
+    raises the first of these too, for callers that skip the config layer)."""
+    out = []
+    dataframe = str(entrada.get("dataframe") or "").strip()
+    if not str(entrada.get("pasta") or "").strip() and not dataframe:
+        out.append(
+            "pastas.entrada: neither pasta nor dataframe is set — give the folder of input files (pasta) or a "
+            "parquet file (dataframe, dataframe_col, dataframe_id)"
+        )
+    if dataframe:
+        for key in ("dataframe_col", "dataframe_id"):
+            if not entrada.get(key):
+                out.append(f"pastas.entrada.{key}: required with entrada.dataframe — name the parquet column")
+    return out
+
+
 def _check_data(cfg: dict, found: _Problems) -> None:
     """Cross-key rules of the data sections, which every experiment shares."""
     if cfg["formatos"]["tipo_entrada"] == "pastas":
@@ -115,14 +132,8 @@ def _check_data(cfg: dict, found: _Problems) -> None:
         if not p["predicao"]["pasta"]:
             found.add("pastas.predicao.pasta: empty — set the folder of expected-output files")
         e = p["entrada"]
-        if not e["pasta"] and not e["dataframe"]:
-            found.add("pastas.entrada: neither pasta nor dataframe is set — give the folder of input files")
-        if e["dataframe"]:
-            for key in ("dataframe_col", "dataframe_id"):
-                if not e[key]:
-                    found.add(
-                        f"pastas.entrada.{key}: required with entrada.dataframe — name the parquet column"
-                    )
+        for problem in entrada_problems(e):
+            found.add(problem)
         if e["prompt_template"] and not e["tag_texto"]:
             found.add(
                 "pastas.entrada.tag_texto: empty while prompt_template is set — name the placeholder the text "

@@ -311,7 +311,8 @@ def _yaml() -> YAML:
 def _section(node: CommentedMap, key: str) -> CommentedMap:
     if not isinstance(node.get(key), dict):
         node[key] = CommentedMap()
-    return node[key]
+    section: CommentedMap = node[key]
+    return section
 
 
 def _rename(node: CommentedMap, old: str, new: str) -> None:
@@ -355,9 +356,9 @@ def _same_form(original: Any, values: dict[str, float]) -> Any:
         return out
     if isinstance(original, dict):
         for key in list(original):
-            split = _canonical(str(key))
-            if split:
-                original[key] = values[split]
+            canonical = _canonical(str(key))
+            if canonical:
+                original[key] = values[canonical]
         for split in SPLITS:
             if not any(_canonical(str(k)) == split for k in original):
                 original[split] = values[split]

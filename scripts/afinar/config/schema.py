@@ -188,7 +188,7 @@ def _property_schema(error: Any) -> dict:
         elif isinstance(node.get("additionalProperties"), dict):
             node = node["additionalProperties"]
         else:
-            return error.schema
+            return dict(error.schema)
     return node
 
 

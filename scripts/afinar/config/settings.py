@@ -55,6 +55,7 @@ class TrainSettings:
     eval_steps: int | str
     save_checkpoints: bool
     resume_from_checkpoint: bool
+    checkpoint_minutos: float
     nbits: int
     seed: int
     train_on_responses_only: bool

@@ -80,7 +80,8 @@ class Records:
 
 def _read_parquet(path: Path, key: str) -> list[dict[str, Any]]:
     try:
-        return pq.read_table(path).to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
     except (pa.ArrowException, OSError) as exc:
         raise AfinarError(
             f"{key} {str(path)!r}: not a readable parquet file ({exc}) — re-export it"
@@ -114,7 +115,7 @@ def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
     if not text.lstrip().startswith("["):
         return _read_json_lines(path, key, text)
     try:
-        rows = json.loads(text)
+        rows: list[dict[str, Any]] = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AfinarError(
             f"{key} {str(path)!r}: not valid JSON ({exc.msg} at line {exc.lineno}) — fix the file"

@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afinar.config.aliases import glob_mask  # the one mask rule (validate uses it too)
+from afinar.config.aliases import glob_mask as glob_mask  # the one mask rule (validate uses it too)
+from afinar.config.checks import entrada_problems
 from afinar.data.answers import normalize_answer
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
@@ -175,7 +176,8 @@ def _texts_as_strings(column: pa.ChunkedArray) -> list[str | None]:
         return [None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()]
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         column = column.cast(pa.string())
-    return column.to_pylist()
+    texts: list[str | None] = column.to_pylist()
+    return texts
 
 
 @dataclass
@@ -225,23 +227,16 @@ def pair_records(
 ) -> PairingResult:
     """Pair inputs with expected answers per ``pastas.*`` (normalized config sections); raise on bad input."""
     dataframe = _dataframe_path(entrada)
+    problems = entrada_problems(entrada)  # the config check, for callers that skip load_config
+    if problems:
+        raise AfinarError(problems[0])
     answers_by_id = files_by_id(predicao["pasta"], predicao["mascara"], "pastas.predicao")
     if dataframe:
-        if not entrada["dataframe_col"] or not entrada["dataframe_id"]:
-            raise AfinarError(
-                "pastas.entrada: dataframe is set but dataframe_col and dataframe_id are not both set — "
-                "name the text column and the id column of the parquet file"
-            )
         frame_texts = read_input_frame(dataframe, entrada["dataframe_col"], entrada["dataframe_id"])
         input_ids: set[str] = set(frame_texts)
         input_files: dict[str, Path] = {}
         input_where = f"pastas.entrada.dataframe {dataframe!r}"
     else:
-        if not str(entrada["pasta"] or "").strip():
-            raise AfinarError(
-                "pastas.entrada: neither pasta nor dataframe is set — give the folder of input files "
-                "(pasta) or a parquet file (dataframe, dataframe_col, dataframe_id)"
-            )
         input_files = files_by_id(entrada["pasta"], entrada["mascara"], "pastas.entrada")
         frame_texts = {}
         input_ids = set(input_files)

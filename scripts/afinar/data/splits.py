@@ -76,12 +76,17 @@ class SplitOutputs:
         """The contract's file names inside ``folder``."""
         folder = Path(folder)
         return cls(
-            *(folder / f"{s}.parquet" for s in SPLITS), folder / "divisao.csv", folder / "divisao.json"
+            treino=folder / "treino.parquet",
+            validacao=folder / "validacao.parquet",
+            teste=folder / "teste.parquet",
+            divisao_csv=folder / "divisao.csv",
+            divisao_json=folder / "divisao.json",
         )
 
     def split_path(self, name: str) -> Path:
         """Path of one split's parquet."""
-        return getattr(self, name)
+        path: Path = getattr(self, name)
+        return path
 
 
 # --- assignment -------------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
     """A local model folder's config.json, or {} for a Hub name (not available offline here)."""
     config = Path(model_dir) / "config.json"
     if config.is_file():
-        return json.loads(config.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(config.read_text(encoding="utf-8"))
+        return data
     return {}
 
 

@@ -29,7 +29,7 @@ def memory_sampler(path: str | Path, interval_s: float = SAMPLE_INTERVAL_S) -> A
 
 def read_samples(path: str | Path) -> list[dict]:
     """Rows of a memory JSONL; a torn last line (process killed mid-write) is skipped, not fatal."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     path = Path(path)
     if not path.exists():
         return rows

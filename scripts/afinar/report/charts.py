@@ -113,7 +113,7 @@ def event_kind(row: dict) -> str:
     """
     for key in ("event", "evento", "tipo", "type"):
         if isinstance(row.get(key), str):
-            return row[key]
+            return str(row[key])
     if "total_time_seconds" in row or "final_epoch" in row:
         return "train_end"
     if "num_epochs" in row or "grad_accum_steps" in row:

@@ -161,8 +161,8 @@ def training_section(events: list[dict], summary: dict) -> dict[str, Any]:
     """Runtime, steps, losses and trainable parameters, from metrics_summary.json and the event log."""
     from afinar.report.charts import event_kind, series
 
-    end = next((e for e in reversed(events) if event_kind(e) == "train_end"), {})
-    begin = next((e for e in events if event_kind(e) == "train_begin"), {})
+    end: dict[str, Any] = next((e for e in reversed(events) if event_kind(e) == "train_end"), {})
+    begin: dict[str, Any] = next((e for e in events if event_kind(e) == "train_begin"), {})
     _, eval_losses = series(events, "eval_loss", kinds=("log", "evaluate"))
     loss_steps, losses = series(events, "train_loss")
     runtime = summary.get("train_runtime", end.get("total_time_seconds"))
@@ -201,7 +201,7 @@ def hardware_section(samples: list[dict], summary: dict, events: list[dict]) -> 
     The report may be rendered on another machine (a cluster login node), so nothing here describes
     the machine running this code: only what the training job recorded.
     """
-    hw = summary.get("hardware") if isinstance(summary.get("hardware"), dict) else {}
+    hw: dict[str, Any] = summary["hardware"] if isinstance(summary.get("hardware"), dict) else {}
     begin = next((e for e in events if e.get("event") == "train_begin"), {})
 
     def first(*keys: str) -> Any:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from afinar.errors import AfinarError
 from afinar.io import atomic_dir
@@ -77,7 +78,7 @@ def demo_texts(texts: list[str]) -> list[str]:
     return list(texts) + ["user\nassistant\nsystem\n"] * 10
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     """Train a byte-level BPE with Qwen2's pre-tokenizer and return a ``Qwen2Tokenizer`` with ChatML."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer

@@ -64,7 +64,7 @@ def resolve_model_source(name: str, key: str = "modelo.base") -> str:
         try:
             from huggingface_hub import snapshot_download
 
-            return snapshot_download(name, local_files_only=True)
+            return str(snapshot_download(name, local_files_only=True))
         except Exception as exc:
             raise AfinarError(
                 f"{key}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set — "
@@ -79,7 +79,8 @@ def read_model_config(source: str) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return config
     except (OSError, json.JSONDecodeError) as exc:
         raise AfinarError(
             f"{path}: unreadable config.json ({exc}) — the model folder is corrupt; download it again"

@@ -596,7 +596,8 @@ def train(
     fingerprint = checkpoints.run_fingerprint(
         {
             "modelo": sections["modelo"],
-            "treinamento": sections["treinamento"],
+            # how often checkpoints are written does not change what they hold
+            "treinamento": {k: v for k, v in sections["treinamento"].items() if k != "checkpoint_minutos"},
             "lora": sections["lora"],
             "backend": rt.backend,
         },
@@ -608,6 +609,13 @@ def train(
 
     from afinar.monitor import BackgroundSampler
     from afinar.train.callbacks import MetricsCallback
+    from afinar.train.resume import SafeCheckpoints, slurm_end_time, use_epoch_seeded_sampler
+
+    # checkpoints every checkpoint_minutos, on SIGTERM/SIGUSR1/SIGINT and before a SLURM job's end
+    save = the_plan.save
+    safe = SafeCheckpoints(
+        tr.checkpoint_minutos if save else None, on_signal=save, end_time=slurm_end_time() if save else None
+    )
 
     shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
     sampler = BackgroundSampler(
@@ -622,8 +630,9 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[metrics_cb, *callbacks],
+        callbacks=[metrics_cb, safe, *callbacks],
     )
+    use_epoch_seeded_sampler(trainer, tr.seed)  # exact resume from any epoch
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
@@ -639,7 +648,7 @@ def train(
     )
 
     # 7. train, evaluate, save
-    with sampler:
+    with sampler, safe:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if eval_ds is not None else {}
     save_model(trainer, tokenizer, paths.adapter)
