@@ -21,6 +21,7 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from afinar.config.checks import token_budget_problem
 from afinar.errors import AfinarError
 
 log = logging.getLogger("afinar.train.batching")
@@ -131,21 +132,11 @@ def batch_sampler_class() -> type:
 
 
 def token_budget_option(value: Any, max_len: int, packing: bool) -> int | None:
-    """``treinamento.tokens_por_lote`` checked: null = batches of ``batch_size`` records."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise AfinarError(f"treinamento.tokens_por_lote: {value!r} must be a positive integer or null")
-    if packing:
-        raise AfinarError(
-            "treinamento.tokens_por_lote: packed rows already hold max_seq_length tokens each — "
-            "set packing: false or tokens_por_lote: null"
-        )
-    if value < max_len:
-        raise AfinarError(
-            f"treinamento.tokens_por_lote: {value} is below max_seq_length ({max_len}), so the longest "
-            f"records would not fit in a batch — set it to at least {max_len}"
-        )
+    """``treinamento.tokens_por_lote`` checked (the rules are afinar.config.checks', which validate uses):
+    null = batches of ``batch_size`` records."""
+    problem = token_budget_problem(value, max_len, packing)
+    if problem:
+        raise AfinarError(problem)
     return value
 
 
