@@ -110,7 +110,7 @@ class LoraSettings:
 class PredictSettings:
     """``predicao``: decoding settings of the predict rules."""
 
-    batch_size: int
+    batch_size: int | str  # a number, or "auto" (afinar.predict.batching)
     max_new_tokens: int
     temperatura: float
     top_p: float
