@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from afinar.config import check_paths, experiments, load_config  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
+from afinar.train.smollm2 import FOLDER as SMOLLM2_FOLDER  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
     check_workflow_placeholders,
@@ -94,6 +95,7 @@ def all_targets(wildcards):
 
 # --- helpers of rules/train.smk ------------------------------------------------------------
 DEMO_MODEL = "results/demo/modelo-base"
+SMOLLM2_MODEL = SMOLLM2_FOLDER  # modelo.base: smollm2-135m-instruct resolves here (afinar.train.smollm2)
 GPU_BACKENDS = ("auto", "unsloth")
 
 
@@ -116,9 +118,7 @@ def train_inputs(wildcards):
         "validacao": f"{DATA}/validacao.parquet",
         "filtro_tokens": f"{DATA}/filtro_tokens/{wildcards.exp}.json",
     }
-    base = EXPS[wildcards.exp]["modelo"]["base"]
-    if base.rstrip("/") == DEMO_MODEL:
-        inputs["base"] = DEMO_MODEL
+    inputs.update(zip(["base"], base_model_input(wildcards)))
     return inputs
 
 

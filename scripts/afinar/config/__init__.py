@@ -31,6 +31,7 @@ import yaml
 
 from afinar.data.crypto import read_dotenv
 from afinar.errors import AfinarError
+from afinar.train.smollm2 import resolve_builtin as builtin_model_folder
 
 log = logging.getLogger("afinar.config")
 
@@ -194,8 +195,12 @@ def experiments(cfg: dict) -> dict[str, dict]:
     base = {section: cfg[section] for section in EXPERIMENT_SECTIONS}
     overrides = cfg.get("experimentos") or {}
     if not overrides:
-        return {default_experiment_name(cfg): copy.deepcopy(base)}
-    return {name: _deep_merge(base, override) for name, override in overrides.items()}
+        exps = {default_experiment_name(cfg): copy.deepcopy(base)}
+    else:
+        exps = {name: _deep_merge(base, override) for name, override in overrides.items()}
+    for exp in exps.values():  # built-in names (smollm2-135m-instruct) → the folder a rule builds
+        exp["modelo"]["base"] = builtin_model_folder(str(exp["modelo"]["base"]))
+    return exps
 
 
 def default_experiment_name(cfg: dict) -> str:
