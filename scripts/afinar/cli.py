@@ -141,9 +141,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     raw = read_yaml(path)
     _apply_log_level(raw, args)
     found = problems(raw)
+    if not found:  # the chat template of each base model here: can its answers be masked? (before any job)
+        from afinar.train.template_check import template_report
+
+        found, template_notes = template_report(experiments(load_config(raw)))
     if not found:
         cfg = load_config(raw)
         print(summary(cfg))
+        for note in template_notes:
+            print(f"chat template: {note}")
         names = ", ".join(experiments(cfg))
         print(f"\nConfiguração válida! {path} ({names})")
         return 0
@@ -193,6 +199,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     section("Tokens")
     print(token_statistics(cfg, loaded))
+
+    section("Chat template")
+    from afinar.train.template_check import template_report
+
+    template_problems, template_notes = template_report(experiments(cfg))
+    for line in template_notes:
+        print(f"  ✓ {line}")
+    for line in template_problems:
+        print(f"  ✗ {line}")
 
     section("Experimentos")
     for name, exp in experiments(cfg).items():
