@@ -345,7 +345,7 @@ def test_read_yaml_names_file_and_line(tmp_path):
 def test_shipped_configs_are_valid():
     for path in [REPO / "config" / "config.yaml", *sorted((REPO / "config" / "examples").glob("*.yaml"))]:
         load_config(read_yaml(path))
-    for path in (REPO / "scripts" / "afinar" / "templates").glob("config_*.yaml"):
+    for path in (REPO / "scripts" / "afinar" / "config" / "templates").glob("config_*.yaml"):
         raw = read_yaml(path)
         raw["modelo"]["base"] = "org/model"
         load_config(raw)

@@ -138,7 +138,7 @@ def test_rerun_after_new_experiment_runs_only_it_and_the_comparison(demo: Path) 
 
 
 def test_rerun_after_report_template_change_runs_only_the_report(demo: Path) -> None:
-    template = demo / "scripts" / "afinar" / "templates" / "relatorio.md.j2"
+    template = demo / "scripts" / "afinar" / "report" / "templates" / "relatorio.md.j2"
     backup = template.read_bytes()
     try:
         template.write_text(template.read_text() + "\n<!-- edited -->\n")
