@@ -17,17 +17,11 @@ from afinar.train import chat, training
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    """SmolLM2-135M-Instruct's real tokenizer and template, read from the packaged GGUF (eos/pad fixed)."""
+def smollm2_tokenizer(smollm2_dir):
+    """SmolLM2-135M-Instruct's real tokenizer and template (converted from the packaged GGUF, eos/pad fixed)."""
     from transformers import AutoTokenizer
 
-    from afinar.train import smollm2
-
-    gguf = smollm2.gguf_path()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    assert tok.eos_token == "<|im_start|>" and tok.pad_token is None  # what transformers reads from the GGUF
-    smollm2.fix_special_tokens(tok)
-    return tok
+    return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
 def tokenizer_for(name: str, tiny_model_dir: Path, request):
