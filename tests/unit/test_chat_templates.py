@@ -155,3 +155,26 @@ def test_mistral_templates_without_a_generation_prompt_are_masked(tiny_model_dir
     markers = chat.derive_markers(tok)
     assert markers.response_prefix.strip() == "[/INST]"
     assert chat.generation_prompt(tok, SINGLE[:1]).endswith("[/INST]")
+
+
+@pytest.mark.parametrize("name", ["deepseek-r1-distill-qwen", "mistral-v0.3"])
+def test_the_families_that_used_to_fail_train(name, tiny_model_dir, task_splits, tmp_path):
+    """A real (tiny) training run with DeepSeek-R1-Distill's and Mistral's templates: before, one stopped with
+    "the assistant marker … does not precede assistant turns", the other with "no detectable assistant marker"."""
+    import copy
+
+    from test_training import BASE_LORA, BASE_TREINAMENTO
+    from transformers import AutoModelForCausalLM
+
+    tok = family_tokenizer(tiny_model_dir, FAMILIES[name])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.resize_token_embeddings(len(tok))
+    base = tmp_path / name
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    tr = {**copy.deepcopy(BASE_TREINAMENTO), "max_steps": 2, "eval_steps": 0, "save_checkpoints": False}
+    exp = {"modelo": {"base": str(base), "saida": ""}, "treinamento": tr, "lora": dict(BASE_LORA)}
+    summary = training.train(exp, training.TrainPaths.for_experiment(task_splits["treino"].parents[1], name))
+    assert summary["global_step"] == 2
+    assert summary["marcadores"]["end_of_turn"] == FAMILIES[name].end_of_turn
+    assert 0.4 < summary["fracao_mascarada"] < 0.95
