@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from afinar.config import check_paths, experiments, load_config  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
+from afinar.runtime import wants_gpu  # noqa: E402
 from afinar.train.smollm2 import FOLDER as SMOLLM2_FOLDER  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
@@ -96,7 +97,6 @@ def all_targets(wildcards):
 # --- helpers of rules/train.smk ------------------------------------------------------------
 DEMO_MODEL = "results/demo/modelo-base"
 SMOLLM2_MODEL = SMOLLM2_FOLDER  # modelo.base: smollm2-135m-instruct resolves here (afinar.train.smollm2)
-GPU_BACKENDS = ("auto", "unsloth")
 
 
 def demo_corpus(wildcards):
@@ -124,12 +124,12 @@ def train_inputs(wildcards):
 
 def train_gpus(wildcards):
     """One GPU slot for the Unsloth/auto backends; none for `backend: transformers`, the CPU path."""
-    return 1 if EXPS[wildcards.exp]["treinamento"]["backend"] in GPU_BACKENDS else 0
+    return 1 if wants_gpu(EXPS[wildcards.exp]["treinamento"]["backend"]) else 0
 
 
 def train_env(wildcards):
     """Unsloth's env (TRL 1.15, CUDA) for the GPU backends; the CPU env (TRL 1.16) for transformers."""
-    if EXPS[wildcards.exp]["treinamento"]["backend"] in GPU_BACKENDS:
+    if wants_gpu(EXPS[wildcards.exp]["treinamento"]["backend"]):
         return "../envs/train.yaml"
     return "../envs/train-cpu.yaml"
 
@@ -180,9 +180,9 @@ def predict_model(wildcards):
 
 
 def predict_training(wildcards):
-    """The training keys that shape inference: backend, quantization, context length, seed (for sampling)."""
+    """The training keys that shape inference: backend, quantization, precision, context length, seed (for sampling)."""
     section = exp_params(wildcards, "treinamento")
-    return {k: section[k] for k in ("backend", "nbits", "max_seq_length", "seed")}
+    return {k: section[k] for k in ("backend", "nbits", "precisao", "max_seq_length", "seed")}
 
 
 def evaluate_inputs(wildcards):

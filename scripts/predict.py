@@ -33,6 +33,7 @@ def main(smk) -> None:
             nbits=int(treinamento["nbits"] or 0),
             memory_jsonl=memory,
             memory_png=chart,
+            precisao=treinamento.get("precisao", "auto"),
         )
 
 

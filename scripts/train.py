@@ -8,9 +8,16 @@ from afinar.errors import AfinarError, run_rule
 
 
 def main(smk) -> None:
-    backend = smk.params.treinamento["backend"]
+    from afinar.config.settings import Experiment
+    from afinar.runtime import wants_gpu
+
+    p = smk.params
+    experiment = Experiment.from_sections(
+        smk.wildcards.exp, {"modelo": p.modelo, "treinamento": p.treinamento, "lora": p.lora}
+    )
+    backend = experiment.treinamento.backend
     # Snakemake scales a job's gpu request down to --resources gpu=N; with N=0 the job gets no GPU.
-    if int(getattr(smk.resources, "gpu", 1)) == 0 and backend in ("auto", "unsloth"):
+    if int(getattr(smk.resources, "gpu", 1)) == 0 and wants_gpu(backend):
         if backend == "unsloth":
             raise AfinarError(
                 "treinamento.backend: unsloth needs a GPU but snakemake ran this job with --resources gpu=0 — "
@@ -39,9 +46,8 @@ def main(smk) -> None:
         checkpoints=Path(smk.params.checkpoints),
         token_filter=Path(smk.input.filtro_tokens) if smk.input.get("filtro_tokens") else None,
     )
-    exp = {"modelo": smk.params.modelo, "treinamento": smk.params.treinamento, "lora": smk.params.lora}
     with slot:
-        train(exp, paths, threads=smk.threads)
+        train(experiment, paths, threads=smk.threads)
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

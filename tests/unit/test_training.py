@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
 from afinar.io import read_jsonl
 from afinar.train import chat, models
@@ -24,44 +24,26 @@ from afinar.train.training import (
     train,
 )
 
+# Only what these tests mean; every other key comes from config/schema.yaml, as in the workflow.
 BASE_TREINAMENTO = {
-    "backend": "auto",
-    "epochs": 1,
     "batch_size": 4,
     "grad_batch_size": 1,
     "max_seq_length": 256,
     "learning_rate": 3e-3,
     "warmup_steps": 1,
     "eval_steps": "50%",
-    "save_checkpoints": True,
-    "resume_from_checkpoint": True,
-    "nbits": 0,
+    "nbits": 0,  # no quantization: these runs are on CPU
     "seed": 11,
-    "train_on_responses_only": True,
-    "paciencia": None,
-    "max_grad_norm": 1.0,
-    "precisao": "auto",
-    "report_to": [],
-    "packing": False,
-    "save_total_limit": 2,
-    "limpar_checkpoints": False,
-    "continuar_de": "",
     "weight_decay": 0.0,
-    "optim": "auto",
-    "lr_scheduler_type": "linear",
     "gradient_checkpointing": False,
-    "max_steps": -1,
-    "filtro_tokens": {},
 }
 BASE_LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
 
 
-def experiment(model_dir, **treinamento):
-    tr = copy.deepcopy(BASE_TREINAMENTO)
-    lora = dict(BASE_LORA)
-    lora.update(treinamento.pop("lora", {}))
-    tr.update(treinamento)
-    return {"modelo": {"base": str(model_dir), "saida": ""}, "treinamento": tr, "lora": lora}
+def experiment(model_dir, **treinamento) -> Experiment:
+    tr = {**BASE_TREINAMENTO, **treinamento}
+    lora = {**BASE_LORA, **tr.pop("lora", {})}
+    return experiment_from_partial({"modelo": {"base": str(model_dir)}, "treinamento": tr, "lora": lora})
 
 
 def paths_for(splits, name) -> TrainPaths:
@@ -283,8 +265,8 @@ def test_training_applies_the_filter_tokens_decisions(tiny_model_dir, task_split
     from afinar.train import token_filter
 
     paths = paths_for(task_splits, "filtro")
-    exp = experiment(tiny_model_dir, max_steps=1, save_checkpoints=False, eval_steps=0)
-    exp["treinamento"]["filtro_tokens"] = {"max_tokens": 200, "acao": "descartar"}
+    filtro = {"max_tokens": 200, "acao": "descartar"}
+    exp = experiment(tiny_model_dir, max_steps=1, save_checkpoints=False, eval_steps=0, filtro_tokens=filtro)
     decision = {
         "treino": {"total": 48, "mantidos": 45, "descartados": ["0", "1", "2"], "truncados": []},
         "validacao": {"total": 8, "mantidos": 7, "descartados": ["5"], "truncados": []},
@@ -301,7 +283,8 @@ def test_training_applies_the_filter_tokens_decisions(tiny_model_dir, task_split
     assert summary["tokens_treino"]["tokens"] == kept  # exactly the kept records were tokenized
 
     # a report made for other settings is refused before training
-    exp["treinamento"]["filtro_tokens"] = {"max_tokens": 100, "acao": "descartar"}
+    filtro = {"max_tokens": 100, "acao": "descartar"}
+    exp = experiment(tiny_model_dir, max_steps=1, save_checkpoints=False, eval_steps=0, filtro_tokens=filtro)
     with pytest.raises(AfinarError, match="rerun filter_tokens"):
         train(exp, paths)
 

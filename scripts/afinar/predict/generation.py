@@ -484,39 +484,17 @@ def adapter_kind(folder: str | Path) -> str | None:
 
 
 def resolve_backend(backend: str) -> str:
-    """``auto`` → unsloth when it imports and CUDA is present, else transformers (same rule as training)."""
-    backend = (backend or "auto").lower()
-    if backend not in ("auto", "unsloth", "transformers"):
-        raise AfinarError(f"treinamento.backend: {backend!r} — use auto, unsloth or transformers")
-    if backend == "transformers":
-        return backend
-    import torch
+    """``auto`` → unsloth when it imports and CUDA is present, else transformers (afinar.runtime's rule)."""
+    from afinar.runtime import for_prediction
 
-    has_cuda = torch.cuda.is_available()
-    if backend == "unsloth" and not has_cuda:
-        raise AfinarError(
-            "treinamento.backend: unsloth needs a CUDA GPU — use backend: auto or transformers here"
-        )
-    if backend == "auto" and not has_cuda:
-        return "transformers"
-    try:
-        import unsloth  # noqa: F401
-    except Exception as exc:
-        if backend == "unsloth":
-            raise AfinarError(
-                f"treinamento.backend: unsloth does not import ({str(exc).splitlines()[0]}) — install the "
-                "train environment (envs/train.yaml) or use backend: transformers"
-            ) from None
-        return "transformers"
-    return "unsloth"
+    return for_prediction(backend).backend
 
 
-def _torch_dtype() -> Any:
-    import torch
+def _torch_dtype(precisao: str = "auto") -> Any:
+    """The dtype generation runs in: ``treinamento.precisao`` on CUDA, fp32 on a CPU (afinar.runtime)."""
+    from afinar.runtime import for_prediction
 
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return for_prediction("transformers", precisao).dtype
 
 
 def _effective_bits(nbits: int) -> int:
@@ -535,13 +513,13 @@ def _effective_bits(nbits: int) -> int:
     return nbits if nbits in (4, 8) else 16
 
 
-def _load_base_transformers(source: str, nbits: int) -> Any:
+def _load_base_transformers(source: str, nbits: int, precisao: str = "auto") -> Any:
     import torch
 
     from afinar.train.models import load_causal_lm
 
     bits = _effective_bits(nbits)
-    model = load_causal_lm(source, _torch_dtype(), bits)
+    model = load_causal_lm(source, _torch_dtype(precisao), bits)
     if bits == 16 and torch.cuda.is_available():
         model = model.to("cuda")
     return model
@@ -597,6 +575,7 @@ def load_for_inference(
     backend: str = "auto",
     nbits: int = 0,
     max_seq_length: int = 4096,
+    precisao: str = "auto",
 ) -> LoadedModel:
     """Load the base model (+ the trained adapter in ``adapter_dir``, unless None) ready for generation.
 
@@ -621,7 +600,7 @@ def load_for_inference(
     has_tokenizer = adapter_dir is not None and any((adapter_dir / f).is_file() for f in TOKENIZER_FILES)
     if kind == "full":
         chosen = "transformers"
-        model = _load_base_transformers(str(adapter_dir), nbits)
+        model = _load_base_transformers(str(adapter_dir), nbits, precisao)
         tokenizer = None
     else:
         base = resolve_model_source(base)
@@ -629,7 +608,7 @@ def load_for_inference(
         if chosen == "unsloth":
             model, tokenizer = _load_base_unsloth(base, nbits, max_seq_length)
         else:
-            model, tokenizer = _load_base_transformers(base, nbits), None
+            model, tokenizer = _load_base_transformers(base, nbits, precisao), None
         if kind == "lora":
             model = _attach_adapter(model, base, adapter_dir)
     if has_tokenizer:
@@ -669,6 +648,7 @@ def run_prediction(
     nbits: int = 0,
     memory_jsonl: str | Path | None = None,
     memory_png: str | Path | None = None,
+    precisao: str = "auto",
 ) -> list[Prediction]:
     """The predict rule: test split → predictions JSONL (adapter, or base when ``adapter_dir`` is None).
 
@@ -683,7 +663,7 @@ def run_prediction(
     log.info("%d test records from %s (n_exemplos=%d)", len(records), test_split, settings.n_exemplos)
     sampler = memory_sampler(memory_jsonl) if memory_jsonl else nullcontext()
     with sampler:
-        loaded = load_for_inference(base, adapter_dir, backend, nbits, settings.max_seq_length)
+        loaded = load_for_inference(base, adapter_dir, backend, nbits, settings.max_seq_length, precisao)
         label = "predict (base model)" if loaded.source == "base" else "predict"
         predictions = generate_predictions(loaded.model, loaded.tokenizer, records, settings, desc=label)
     write_predictions(out_path, predictions)

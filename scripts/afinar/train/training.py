@@ -1,10 +1,12 @@
 """Train one experiment: split parquets → LoRA adapter (or full model) + metric files.
 
-Reads top to bottom like nanoGPT: settings → backend → model and tokenizer → chat template and
-response markers → tokenized datasets (labels masked outside assistant turns) → SFTTrainer → check a
-collated batch → train (resuming from the newest complete checkpoint) → final evaluation → adapter
-saved atomically → metric files. Both backends (Unsloth on CUDA, transformers + PEFT + TRL anywhere)
-share everything but model loading.
+``train()`` reads top to bottom like nanoGPT: typed settings (afinar.config.settings) → this machine's
+runtime (afinar.runtime: backend, precision, optimizer) → model and tokenizer → chat template and
+response markers → tokenized datasets (labels masked outside assistant turns) → a pure ``plan()`` (steps,
+intervals, padding, SFTConfig arguments; unit-tested without a model) → SFTTrainer → check a collated
+batch → train (resuming from the newest complete checkpoint) → final evaluation → adapter saved
+atomically → metric files. Both backends (Unsloth on CUDA, transformers + PEFT + TRL anywhere) share
+everything but model loading.
 """
 
 from __future__ import annotations
@@ -15,25 +17,19 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from afinar import runtime
+from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
+from afinar.runtime import Runtime, choose_optim, choose_precision, import_unsloth  # noqa: F401 (old import path)
 from afinar.train import chat, checkpoints, models, token_filter
 
 log = logging.getLogger("afinar.train.training")
-
-_EIGHT_BIT_OPTIMS = {
-    "adamw_8bit",
-    "adamw_bnb_8bit",
-    "paged_adamw_8bit",
-    "adamw_torch_8bit",
-    "lion_8bit",
-    "paged_lion_8bit",
-}
 
 
 @dataclass(frozen=True)
@@ -72,97 +68,7 @@ class TrainPaths:
         return self.checkpoints / path.name
 
 
-# ---------------------------------------------------------------- settings that depend on the machine
-
-
-def import_unsloth() -> None:
-    """Import Unsloth (before transformers/TRL, which it patches) with Afinar's measured settings.
-
-    Unsloth's per-layer ``torch.compile`` blocks are off unless the user sets ``UNSLOTH_BLOCK_COMPILE``:
-    with batches of varying length they recompiled on new shapes, checked guards on every layer call and
-    held more memory; without them the H100 benchmark ran 1.2x faster at 0.89x the peak memory."""
-    os.environ.setdefault("UNSLOTH_BLOCK_COMPILE", "0")
-    import unsloth  # noqa: F401
-
-
-def use_flash_attention_kernels() -> None:
-    """On CUDA: keep torch's SDPA off cuDNN during training (flash / memory-efficient kernels instead).
-
-    cuDNN's attention builds an execution plan per new shape on the host, about 1 ms per call with
-    length-varying batches: a fifth of a 1B model's step on an H100 (docs/benchmarks.md)."""
-    import torch
-
-    torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-def choose_backend(requested: str, cuda: bool) -> str:
-    """``auto`` → Unsloth where CUDA is present and it imports, else transformers."""
-    requested = (requested or "auto").lower()
-    if requested == "transformers":
-        return "transformers"
-    unsloth_ok, why = False, "it is not installed"
-    if cuda and importlib.util.find_spec("unsloth") is not None:
-        try:
-            import_unsloth()
-            unsloth_ok = True
-        except Exception as exc:  # unsloth raises many kinds of errors on import
-            why = f"it does not import ({models._short(exc)})"
-    elif not cuda:
-        why = "there is no CUDA GPU"
-    if requested == "unsloth" and not unsloth_ok:
-        raise AfinarError(
-            f"treinamento.backend: unsloth cannot be used because {why} — use backend: transformers"
-        )
-    return "unsloth" if unsloth_ok else "transformers"
-
-
-def check_trl_on_cpu(cuda: bool) -> None:
-    """TRL 1.15 cannot train on CPU (its fused LM head needs Triton on CUDA); 1.16 can."""
-    if cuda:
-        return
-    import trl
-
-    version = tuple(int(x) for x in trl.__version__.split(".")[:2] if x.isdigit())
-    if version < (1, 16):
-        raise AfinarError(
-            f"treinamento.backend: no CUDA GPU here and TRL {trl.__version__} cannot train on CPU — "
-            "set backend: transformers (its environment has TRL 1.16) or run on a GPU"
-        )
-
-
-def choose_precision(precisao: str, cuda: bool) -> str:
-    """Resolve ``precisao`` (auto|bf16|fp16|fp32) for this machine; fp16 needs CUDA."""
-    import torch
-
-    p = (precisao or "auto").lower()
-    if p == "auto":
-        if not cuda:
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if p == "fp16" and not cuda:
-        raise AfinarError("treinamento.precisao: fp16 needs a CUDA GPU — use auto, bf16 or fp32 on CPU")
-    if p == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise AfinarError("treinamento.precisao: this GPU has no bf16 — use fp16 or auto")
-    if p not in {"bf16", "fp16", "fp32"}:
-        raise AfinarError(f"treinamento.precisao: {precisao!r} is not one of auto, bf16, fp16, fp32")
-    return p
-
-
-def torch_dtype(precision: str) -> Any:
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
-def choose_optim(optim: str, cuda: bool) -> str:
-    """``auto`` = adamw_8bit on CUDA with bitsandbytes, else adamw_torch; 8-bit ones fall back on CPU."""
-    if not optim or optim == "auto":
-        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-        return "adamw_8bit" if cuda and has_bnb else "adamw_torch"
-    if optim in _EIGHT_BIT_OPTIMS and not cuda:
-        log.info("optim %s needs CUDA: using adamw_torch on CPU", optim)
-        return "adamw_torch"
-    return optim
+# ---------------------------------------------------------------- batch shapes and intervals
 
 
 def padding_free_option(value: Any, packing: bool = False) -> dict[str, bool]:
@@ -351,87 +257,201 @@ def check_collated_batch(trainer: Any, tokenizer: Any, masking: bool, n: int = 4
     return masked
 
 
+# ---------------------------------------------------------------- the plan (pure arithmetic)
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """What the plan needs to know about the tokenized data."""
+
+    train_rows: int
+    train_tokens: int
+    eval_rows: int
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything about a run that follows from the settings, the machine and the data sizes.
+
+    Computed by :func:`plan` without a model, so every interval and SFTConfig argument is unit-tested.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int  # 0 = no periodic evaluation
+    save: bool
+    save_every: int
+    load_best: bool
+    patience: int | None  # early stopping, when it can work (periodic evaluations)
+    sft_args: dict[str, Any]  # SFTConfig keyword arguments
+    notes: tuple[str, ...] = ()  # info lines for the log
+
+
+def plan(
+    exp: Experiment,
+    rt: Runtime,
+    sizes: DataSizes,
+    output_dir: str | Path,
+    model_limit: int | None = None,
+) -> TrainPlan:
+    """SFTConfig arguments, steps, evaluation/save intervals and padding of a run (no model, no torch)."""
+    tr = exp.treinamento
+    max_len, batch, accum = tr.max_seq_length, tr.batch_size, tr.grad_batch_size
+    notes: list[str] = []
+    rows = max(1, math.ceil(sizes.train_tokens / max_len)) if tr.packing else sizes.train_rows
+    steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
+    total_steps = tr.max_steps if tr.max_steps > 0 else math.ceil(steps_per_epoch * tr.epochs)
+    eval_every = resolve_steps(tr.eval_steps, total_steps) if sizes.eval_rows else 0
+    do_eval = bool(eval_every)
+    if sizes.eval_rows and not do_eval:
+        notes.append("eval_steps is 0: no periodic evaluation (the final evaluation still runs)")
+    patience = tr.paciencia if tr.paciencia and do_eval else None
+    save = tr.save_checkpoints or patience is not None
+    if patience and not tr.save_checkpoints:
+        notes.append(
+            "paciencia needs checkpoints to restore the best model: saving them although save_checkpoints is false"
+        )
+    save_every = eval_every or max(1, min(50, total_steps // 5 or 1))
+    load_best = save and do_eval  # B10: best-model reloading only where checkpoints are saved
+
+    padding: dict[str, Any] = dict(padding_free_option(tr.padding_free, tr.packing))
+    padding.update(
+        pad_multiple_option(tr.pad_to_multiple_of, padding, tr.packing, rt.cuda, max_len, model_limit)
+    )
+    # rows are already within max_len (tokenize_split); TRL refuses max_length on padding-free unpacked rows
+    sft_max_length = None if padding.get("padding_free") and not tr.packing else max_len
+    trackers = [r for r in tr.report_to if r and r not in ("none", "tensorboard")]
+    sft_args: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        num_train_epochs=float(tr.epochs),
+        max_steps=tr.max_steps,
+        learning_rate=tr.learning_rate,
+        warmup_steps=tr.warmup_steps,
+        weight_decay=tr.weight_decay,
+        lr_scheduler_type=tr.lr_scheduler_type,
+        optim=rt.optim,
+        max_grad_norm=tr.max_grad_norm,
+        bf16=rt.precision == "bf16",
+        fp16=rt.precision == "fp16",
+        seed=tr.seed,
+        data_seed=tr.seed,
+        logging_steps=1,
+        eval_strategy="steps" if do_eval else "no",
+        eval_steps=eval_every or None,
+        save_strategy="steps" if save else "no",
+        save_steps=save_every,
+        save_total_limit=tr.save_total_limit,
+        load_best_model_at_end=load_best,
+        metric_for_best_model="eval_loss" if load_best else None,
+        greater_is_better=False if load_best else None,
+        report_to=trackers or "none",
+        # Unsloth checkpoints its own way (use_gradient_checkpointing="unsloth" when loading)
+        gradient_checkpointing=tr.gradient_checkpointing and rt.backend == "transformers",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=sft_max_length,
+        packing=tr.packing,
+        **padding,
+        train_sampling_strategy="group_by_length" if tr.agrupar_por_tamanho and not tr.packing else "random",
+        dataset_num_proc=None,
+        dataloader_num_workers=0,
+        use_cpu=not rt.cuda,
+        disable_tqdm=True,
+    )
+    return TrainPlan(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        eval_every=eval_every,
+        save=save,
+        save_every=save_every,
+        load_best=load_best,
+        patience=patience,
+        sft_args=sft_args,
+        notes=tuple(notes),
+    )
+
+
 # ---------------------------------------------------------------- models
 
 
-def _target_modules(lora: dict) -> list[str] | None:
-    """LoRA target modules as a list; None for ``all-linear`` or nothing (each backend's default)."""
-    value = lora.get("target_modules")
-    if not value or value == "all-linear":
-        return None
-    return [value] if isinstance(value, str) else list(value)
+def check_model(exp: Experiment) -> tuple[str, dict[str, Any]]:
+    """The base model's local source and config, checked against the settings (before anything loads)."""
+    tr = exp.treinamento
+    source = models.resolve_model_source(exp.modelo.base)
+    model_config = models.read_model_config(source)
+    models.check_max_seq_length(tr.max_seq_length, model_config, source)
+    if tr.continuar_de:
+        models.resolve_model_source(tr.continuar_de, key="treinamento.continuar_de")
+        models.check_adapter_matches_base(tr.continuar_de, exp.modelo.base)
+    return source, model_config
 
 
-def load_transformers(
-    source: str, tr: dict, lora: dict, dtype: Any, seed: int, continuar_de: str
-) -> tuple[Any, Any]:
+def load_transformers(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, Any]:
     """transformers + PEFT: base model, then a new LoRA adapter (or the one in ``continuar_de``)."""
     from transformers import set_seed
 
+    tr, lora = exp.treinamento, exp.lora
     tokenizer = models.load_tokenizer(source)
-    model = models.load_causal_lm(source, dtype, int(tr.get("nbits") or 16))
-    if int(tr.get("nbits") or 16) in (4, 8):
+    model = models.load_causal_lm(source, rt.dtype, tr.bits)
+    if tr.bits in (4, 8):
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(tr.get("gradient_checkpointing"))
-        )
-    if int(lora.get("r") or 0) == 0:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tr.gradient_checkpointing)
+    if lora.full_finetuning:
         log.info("lora.r is 0: full fine-tuning")
         return model, tokenizer
-    set_seed(seed)  # the adapter's random init must not depend on what ran before
-    if continuar_de:
+    set_seed(tr.seed)  # the adapter's random init must not depend on what ran before
+    if tr.continuar_de:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, continuar_de, is_trainable=True), tokenizer
+        return PeftModel.from_pretrained(model, tr.continuar_de, is_trainable=True), tokenizer
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        r=int(lora["r"]),
-        lora_alpha=lora.get("alpha", 32),
-        lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=_target_modules(lora) or "all-linear",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.module_list or "all-linear",
         bias="none",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config), tokenizer
 
 
-def load_unsloth(
-    source: str, tr: dict, lora: dict, dtype: Any, seed: int, continuar_de: str
-) -> tuple[Any, Any]:
+def load_unsloth(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, Any]:
     """Unsloth: FastLanguageModel with its kernels, 4/8-bit loading and offloaded gradient checkpointing."""
     from transformers import set_seed
     from unsloth import FastLanguageModel
 
-    nbits = int(tr.get("nbits") or 16)
-    full = int(lora.get("r") or 0) == 0
+    tr, lora = exp.treinamento, exp.lora
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=continuar_de or source,
-        max_seq_length=int(tr["max_seq_length"]),
-        dtype=dtype,
-        load_in_4bit=nbits == 4,
-        load_in_8bit=nbits == 8,
-        full_finetuning=full,
+        model_name=tr.continuar_de or source,
+        max_seq_length=tr.max_seq_length,
+        dtype=rt.dtype,
+        load_in_4bit=tr.bits == 4,
+        load_in_8bit=tr.bits == 8,
+        full_finetuning=lora.full_finetuning,
     )  # offline: resolve_model_source already turned a hub id into its local snapshot folder
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # multimodal processors wrap the text tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if full or continuar_de:
-        if continuar_de:
+    if lora.full_finetuning or tr.continuar_de:
+        if tr.continuar_de:
             FastLanguageModel.for_training(model)
         return model, tokenizer
-    set_seed(seed)
+    set_seed(tr.seed)
     model = FastLanguageModel.get_peft_model(
         model,
-        r=int(lora["r"]),
-        lora_alpha=lora.get("alpha", 32),
-        lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=_target_modules(lora)
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.module_list
         or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         bias="none",
-        use_gradient_checkpointing="unsloth" if tr.get("gradient_checkpointing", True) else False,
-        random_state=seed,
+        use_gradient_checkpointing="unsloth" if tr.gradient_checkpointing else False,
+        random_state=tr.seed,
     )
     return model, tokenizer
 
@@ -450,44 +470,32 @@ def count_parameters(model: Any) -> dict[str, Any]:
 
 
 def train(
-    exp: dict, paths: TrainPaths, extra_callbacks: Sequence[Any] = (), threads: int | None = None
+    experiment: Experiment | Mapping[str, Any],
+    paths: TrainPaths,
+    extra_callbacks: Sequence[Any] = (),
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Train one experiment (``exp`` = merged ``{modelo, treinamento, lora}``) and write its outputs.
+    """Train one experiment and write its outputs; returns the summary written to ``metrics_summary.json``.
 
-    ``threads`` caps torch's CPU threads (the rule's ``threads``): on a shared machine, more threads
-    than free cores make small CPU runs 10x slower from spinning. Returns the summary written to
-    ``metrics_summary.json``.
+    ``experiment`` is the typed :class:`Experiment` (a mapping of sections is accepted too, and filled
+    from the schema's defaults). ``threads`` caps torch's CPU threads (the rule's ``threads``): on a
+    shared machine, more threads than free cores make small CPU runs 10x slower from spinning.
     """
     import torch
 
-    modelo, tr, lora = exp["modelo"], exp["treinamento"], exp["lora"]
-    seed = int(tr.get("seed", 3407))
-    cuda = torch.cuda.is_available()
+    exp = experiment if isinstance(experiment, Experiment) else experiment_from_partial(experiment)
+    tr = exp.treinamento
     if threads:
         torch.set_num_threads(max(1, int(threads)))
 
-    # 1. settings that depend on this machine; every user error before anything heavy is loaded
-    backend = choose_backend(tr.get("backend", "auto"), cuda)
-    check_trl_on_cpu(cuda)
-    nbits = int(tr.get("nbits") or 16)
-    models.check_quantization(nbits, cuda)
-    if cuda:
-        use_flash_attention_kernels()
-    precision = choose_precision(tr.get("precisao", "auto"), cuda)
-    dtype = torch_dtype(precision)
-    source = models.resolve_model_source(str(modelo["base"]))
-    max_len = int(tr["max_seq_length"])
-    model_config = models.read_model_config(source)
-    models.check_max_seq_length(max_len, model_config, source)
-    continuar_de = str(tr.get("continuar_de") or "")
-    if continuar_de:
-        models.resolve_model_source(continuar_de, key="treinamento.continuar_de")
-        models.check_adapter_matches_base(continuar_de, str(modelo["base"]))
-    masking = bool(tr.get("train_on_responses_only", True))
-    report_to = tracker_settings(tr.get("report_to"))
-    log.info(
-        "backend %s, precision %s, %s-bit, device %s", backend, precision, nbits, "cuda" if cuda else "cpu"
-    )
+    # 1. this machine's runtime, and every user error before anything heavy is loaded
+    rt = runtime.for_training(tr)
+    models.check_quantization(tr.bits, rt.cuda)
+    source, model_config = check_model(exp)
+    report_to = tracker_settings(tr.report_to)
+    if rt.cuda:
+        runtime.use_flash_attention_kernels()
+    log.info("backend %s, precision %s, %s-bit, device %s", rt.backend, rt.precision, tr.bits, rt.device)
 
     # 2. data
     train_ids, train_rows = read_split(paths.train, "treino")
@@ -506,11 +514,11 @@ def train(
     # 3. model, tokenizer, chat template, response markers
     from transformers import set_seed
 
-    set_seed(seed)
-    loader = load_unsloth if backend == "unsloth" else load_transformers
-    model, tokenizer = loader(source, tr, lora, dtype, seed, continuar_de)
-    template_source = chat.ensure_chat_template(tokenizer, str(modelo["base"]))
-    markers = chat.derive_markers(tokenizer) if masking else None
+    set_seed(tr.seed)
+    loader = load_unsloth if rt.backend == "unsloth" else load_transformers
+    model, tokenizer = loader(source, exp, rt)
+    template_source = chat.ensure_chat_template(tokenizer, exp.modelo.base)
+    markers = chat.derive_markers(tokenizer) if tr.train_on_responses_only else None
     if markers:
         log.info(
             "response-only loss: assistant turns start after %r and end with %r",
@@ -521,7 +529,8 @@ def train(
     # 4. tokenized datasets (input_ids + labels: the same on both backends and TRL 1.15/1.16)
     from datasets import Dataset
 
-    filtro = tr.get("filtro_tokens") or {}
+    filtro = {"max_tokens": tr.filtro_tokens.max_tokens, "acao": tr.filtro_tokens.acao}
+    max_len = tr.max_seq_length
     decisions = None
     if paths.token_filter is not None and paths.token_filter.is_file():
         limit, acao = token_filter.effective_limit(filtro, max_len), token_filter.action(filtro)
@@ -547,102 +556,33 @@ def train(
     train_ds = Dataset.from_dict(train_tok)
     eval_ds = Dataset.from_dict(eval_tok) if eval_tok["input_ids"] else None
 
-    # 5. trainer configuration
-    batch, accum = int(tr["batch_size"]), int(tr["grad_batch_size"])
-    packing = bool(tr.get("packing", False))
-    epochs = float(tr["epochs"])
-    max_steps = int(tr.get("max_steps", -1) or -1)
-    if packing:
-        rows_estimate = max(1, math.ceil(train_stats["tokens"] / max_len))
-    else:
-        rows_estimate = len(train_ds)
-    steps_per_epoch = max(1, math.ceil(rows_estimate / (batch * accum)))
-    total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
-    eval_every = resolve_steps(tr.get("eval_steps", "15%"), total_steps) if eval_ds is not None else 0
-    do_eval = bool(eval_every)
-    if eval_ds is not None and not do_eval:
-        log.info("eval_steps is 0: no periodic evaluation (the final evaluation still runs)")
-    paciencia = tr.get("paciencia")
-    save = bool(tr.get("save_checkpoints", True)) or bool(paciencia and do_eval)
-    if paciencia and do_eval and not tr.get("save_checkpoints", True):
-        log.info(
-            "paciencia needs checkpoints to restore the best model: saving them although save_checkpoints is false"
-        )
-    save_every = eval_every or max(1, min(50, total_steps // 5 or 1))
-    load_best = bool(save and do_eval)  # B10: best-model reloading only where checkpoints are saved
+    # 5. the plan: steps, intervals, padding, SFTConfig arguments
+    sizes = DataSizes(len(train_ds), train_stats["tokens"], len(eval_ds) if eval_ds is not None else 0)
+    the_plan = plan(exp, rt, sizes, paths.checkpoints, models.model_max_length(model_config))
+    for note in the_plan.notes:
+        log.info("%s", note)
 
-    padding = padding_free_option(tr.get("padding_free"), packing)
-    padding.update(
-        pad_multiple_option(
-            tr.get("pad_to_multiple_of"),
-            padding,
-            packing,
-            cuda,
-            max_len,
-            models.model_max_length(model_config),
-        )
-    )
-    # rows are already within max_len (tokenize_split); TRL refuses max_length on padding-free unpacked rows
-    sft_max_length = None if padding.get("padding_free") and not packing else max_len
-
+    # 6. trainer, resuming only a run with the same settings and data
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(
-        output_dir=str(paths.checkpoints),
-        per_device_train_batch_size=batch,
-        per_device_eval_batch_size=batch,
-        gradient_accumulation_steps=accum,
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        learning_rate=float(tr["learning_rate"]),
-        warmup_steps=int(tr.get("warmup_steps", 0)),
-        weight_decay=float(tr.get("weight_decay", 0.0)),
-        lr_scheduler_type=tr.get("lr_scheduler_type") or "linear",
-        optim=choose_optim(tr.get("optim", ""), cuda),
-        max_grad_norm=float(tr.get("max_grad_norm", 1.0)),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        seed=seed,
-        data_seed=seed,
-        logging_steps=1,
-        eval_strategy="steps" if do_eval else "no",
-        eval_steps=eval_every or None,
-        save_strategy="steps" if save else "no",
-        save_steps=save_every,
-        save_total_limit=int(tr.get("save_total_limit") or 0) or None,
-        load_best_model_at_end=load_best,
-        metric_for_best_model="eval_loss" if load_best else None,
-        greater_is_better=False if load_best else None,
-        report_to=[r for r in report_to if r != "tensorboard"] or "none",
-        gradient_checkpointing=bool(tr.get("gradient_checkpointing", False)) and backend == "transformers",
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=sft_max_length,
-        packing=packing,
-        **padding,
-        train_sampling_strategy="group_by_length"
-        if tr.get("agrupar_por_tamanho", True) and not packing
-        else "random",
-        dataset_num_proc=None,
-        dataloader_num_workers=0,
-        use_cpu=not cuda,
-        disable_tqdm=True,
-    )
     callbacks: list[Any] = list(extra_callbacks)
     if "tensorboard" in report_to:
         callbacks.append(tensorboard_callback(paths.adapter.parent))
-    if paciencia and do_eval:
+    if the_plan.patience:
         from transformers import EarlyStoppingCallback
 
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(paciencia)))
-
-    # 6. checkpoints: resume only a run with the same settings and data
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=the_plan.patience))
+    sections = exp.sections()
     fingerprint = checkpoints.run_fingerprint(
-        {"modelo": modelo, "treinamento": tr, "lora": lora, "backend": backend},
+        {
+            "modelo": sections["modelo"],
+            "treinamento": sections["treinamento"],
+            "lora": sections["lora"],
+            "backend": rt.backend,
+        },
         [p for p in (paths.train, paths.validation, paths.token_filter) if p is not None and p.is_file()],
     )
-    resume = checkpoints.prepare_folder(
-        paths.checkpoints, fingerprint, bool(tr.get("resume_from_checkpoint", True))
-    )
+    resume = checkpoints.prepare_folder(paths.checkpoints, fingerprint, tr.resume_from_checkpoint)
     if resume:
         log.info("resuming from %s (step %d)", resume, checkpoints.checkpoint_step(resume))
 
@@ -658,7 +598,7 @@ def train(
     )
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=SFTConfig(**the_plan.sft_args),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
@@ -667,7 +607,7 @@ def train(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
-    masked = check_collated_batch(trainer, tokenizer, masking)
+    masked = check_collated_batch(trainer, tokenizer, tr.train_on_responses_only)
     params = count_parameters(trainer.model)
     log.info(
         "trainable parameters: %s of %s (%.4f%%)",
@@ -689,11 +629,11 @@ def train(
         "final_eval": final_eval,  # B11: the final evaluation is written, not dropped
         "best_eval_loss": metrics_cb.best_eval,
         "retomado_de": str(resume) if resume else None,
-        "backend": backend,
-        "precisao": precision,
-        "nbits": int(tr.get("nbits") or 0),
-        "modelo_base": str(modelo["base"]),
-        "continuar_de": continuar_de or None,
+        "backend": rt.backend,
+        "precisao": rt.precision,
+        "nbits": tr.nbits,
+        "modelo_base": exp.modelo.base,
+        "continuar_de": tr.continuar_de or None,
         "template": template_source,
         "marcadores": markers.__dict__ if markers else None,
         "fracao_mascarada": round(masked, 4),
@@ -707,7 +647,7 @@ def train(
     publish_metrics(paths)
     atomic_write_json(paths.metrics_summary, summary)
     checkpoints.mark_finished(paths.checkpoints)
-    if tr.get("limpar_checkpoints", False):
+    if tr.limpar_checkpoints:
         checkpoints.clear(paths.checkpoints)
         log.info("limpar_checkpoints: removed %s", paths.checkpoints)
     return summary

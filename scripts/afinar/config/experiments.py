@@ -1,0 +1,88 @@
+"""Experiments: the named overrides of ``experimentos`` merged over the shared sections."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+from afinar.config.aliases import _translate
+from afinar.config.checks import _check_semantics
+from afinar.config.common import _as_mapping, _deep_merge, _kind, _Problems
+from afinar.config.schema import _check_unknown, _coerce, _validate_schema
+from afinar.train.smollm2 import resolve_builtin as builtin_model_folder
+
+EXPERIMENT_SECTIONS = ("modelo", "treinamento", "lora", "predicao")
+EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def experiments(cfg: dict) -> dict[str, dict]:
+    """Per experiment name, the merged {modelo, treinamento, lora, predicao} of a normalized config.
+
+    Without ``experimentos`` there is one experiment named after ``modelo.saida``'s last component.
+    """
+    base = {section: cfg[section] for section in EXPERIMENT_SECTIONS}
+    overrides = cfg.get("experimentos") or {}
+    if not overrides:
+        exps = {default_experiment_name(cfg): copy.deepcopy(base)}
+    else:
+        exps = {name: _deep_merge(base, override) for name, override in overrides.items()}
+    for exp in exps.values():  # built-in names (smollm2-135m-instruct) → the folder a rule builds
+        exp["modelo"]["base"] = builtin_model_folder(str(exp["modelo"]["base"]))
+    return exps
+
+
+def default_experiment_name(cfg: dict) -> str:
+    """Last path component of ``modelo.saida``, or ``modelo`` when it is empty."""
+    saida = str(cfg.get("modelo", {}).get("saida") or "").strip().rstrip("/\\")
+    name = Path(saida).name if saida else ""
+    return name if name not in ("", ".", "..") else "modelo"
+
+
+def _experiment_overrides(cfg: dict, overrides: Any, schema: dict, found: _Problems) -> dict:
+    """Validate ``experimentos`` and return the normalized overrides (aliases translated, no defaults)."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        found.add(
+            f"experimentos: got {_kind(overrides)} — a mapping of name → overrides of {', '.join(EXPERIMENT_SECTIONS)}"
+        )
+        return {}
+    base = {section: cfg[section] for section in EXPERIMENT_SECTIONS}
+    result: dict[str, dict] = {}
+    for name, override in overrides.items():
+        name = str(name)
+        where = f"experimentos.{name}"
+        if not EXPERIMENT_NAME.match(name):
+            found.add(
+                f"{where}: invalid experiment name — use only letters, digits, '.', '-' and '_' (it names results/{name}/)"
+            )
+            continue
+        if override is None:
+            override = {}
+        if not isinstance(override, dict):
+            found.add(
+                f"{where}: got {_kind(override)} — a mapping of {', '.join(EXPERIMENT_SECTIONS)} overrides"
+            )
+            continue
+        bad = [key for key in override if key not in EXPERIMENT_SECTIONS]
+        if bad:
+            found.add(
+                f"{where}.{bad[0]}: experiments may only override {', '.join(EXPERIMENT_SECTIONS)} — data sections are "
+                "shared by all experiments; move it to the top level"
+            )
+            continue
+        override = {k: _as_mapping(v, f"{where}.{k}", found) for k, v in copy.deepcopy(override).items()}
+        n_before = len(found.items)
+        _translate(override, f"{where}.", found)
+        _check_unknown(override, schema, f"{where}.", found, top=False)
+        _coerce(override, schema, f"{where}.", found)
+        if len(found.items) > n_before:
+            continue
+        merged = {**copy.deepcopy(cfg), **_deep_merge(base, override)}
+        merged.pop("experimentos", None)
+        _validate_schema(merged, f"{where}.", found)
+        _check_semantics(merged, f"{where}.", found)
+        result[name] = override
+    return result
