@@ -37,7 +37,7 @@ def real_run(tmp_path_factory, smollm2_dir) -> Path:
 def test_fine_tuned_smollm2_beats_the_base_model(real_run: Path) -> None:
     metricas = json.loads((real_run / "results" / "demo-real" / "avaliacao" / "metricas.json").read_text())
     tuned, base = metricas["modelo"], metricas["base"]
-    assert tuned["n"] == base["n"] == 8
+    assert metricas["n"] == 8 and base is not None
     assert tuned["campos_micro_f1"] >= base["campos_micro_f1"] + MARGIN, (tuned, base)
     assert tuned["json_valido"] >= 0.75, tuned
 
