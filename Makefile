@@ -47,6 +47,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/snakemake --lint --configfile config/config.yaml
+	$(BIN)/mypy
 
 test: install lint
 	$(BIN)/python -m pytest -q tests

@@ -44,9 +44,11 @@ rule all:
         all_targets,
 
 
-# A SLURM run checks its partitions exist before submitting anything.
+# Before any job: a SLURM run checks its partitions exist, and every base model a planned job loads must
+# be a local folder, in the Hugging Face cache, or downloadable (not offline, Hub reachable).
 onstart:
     try:
         check_slurm_partitions(workflow)
+        check_models_before_jobs(workflow)
     except AfinarError as exc:
         fail(str(exc))

@@ -1,13 +1,20 @@
 # Config → experiments, targets and small named helpers shared by every rule file.
 # No logic lives in lambdas: rules call the named functions below.
+import functools
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from afinar.config import check_paths, experiments, load_config  # noqa: E402
+from afinar.code_version import library_digest  # noqa: E402
+from afinar.config import check_paths, experiments, load_config, read_yaml  # noqa: E402
+from afinar import layout  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
+from afinar.preflight import (  # noqa: E402
+    check_models_available,
+    experiments_needing_models,
+)
 from afinar.runtime import wants_gpu  # noqa: E402
 from afinar.train.smollm2 import FOLDER as SMOLLM2_FOLDER  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
@@ -19,6 +26,8 @@ from afinar.config.profile_check import (  # noqa: E402
 def _load():
     """Normalize and check the config once, before any job: a bad config is one line and exit 1."""
     try:
+        for path in workflow.configfiles:  # Snakemake's reader keeps a repeated key silently
+            read_yaml(path)
         cfg = load_config(dict(config))
         problems = check_paths(cfg)
     except AfinarError as exc:
@@ -50,13 +59,36 @@ def _check_gpu_resources():
                 )
 
 
+def check_models_before_jobs(workflow):
+    """Called from onstart: the base models of the experiments whose planned jobs load one are available.
+
+    A Hub id that is not cached while offline would otherwise fail only in the train job, after the
+    data stages and ~100 s of Hub retries."""
+    needed = experiments_needing_models(workflow.dag.needrun_jobs())
+    if needed:
+        check_models_available(EXPS, needed)
+
+
 CFG = _load()
 _check_profile()
 EXPS = experiments(CFG)
 _check_gpu_resources()
-DATA = "results/data"
-SPLITS = ["treino", "validacao", "teste"]
+DATA = layout.DATA
+SPLITS = list(layout.SPLITS)
 DATASET_MODE = CFG["formatos"]["tipo_entrada"] == "dataset"
+
+
+SCRIPTS = Path(workflow.basedir) / "scripts"
+
+
+@functools.cache
+def library_code(script):
+    """Digest of the afinar modules that scripts/<script> imports (the `codigo` param of its rules).
+
+    Snakemake notices an edited rule script by itself, not an edited library module; with this param a
+    change to e.g. afinar/evaluate/evaluation.py reruns evaluate and what follows, nothing upstream.
+    Computed once per script and run (functools.cache)."""
+    return library_digest(SCRIPTS / script, SCRIPTS)
 
 
 def exp_params(wildcards, section):
@@ -76,26 +108,26 @@ def exp_section(section):
 def base_model_input(wildcards):
     """The base model folder as an input when a rule of this workflow builds it (the demo model)."""
     base = EXPS[wildcards.exp]["modelo"]["base"]
-    return [base] if base.startswith("results/") else []
+    return [base] if layout.under_results(base) else []
 
 
 def exp_targets(exp):
     """Everything one experiment produces by default: its report pulls in training, predictions and charts."""
-    return [f"results/{exp}/relatorio.md", f"results/{exp}/avaliacao/metricas.json"]
+    return [str(layout.exp_path(exp, p)) for p in (layout.REPORT, layout.METRICS)]
 
 
 def all_targets(wildcards):
     """The default target: every experiment's report, the comparison when there are several, exports."""
     targets = [t for exp in EXPS for t in exp_targets(exp)]
     if len(EXPS) > 1:
-        targets += ["results/comparacao.md", "results/comparacao.png"]
+        targets += list(layout.COMPARISON)
     for exp in EXPS:
         targets += export_targets(exp)
     return targets
 
 
 # --- helpers of rules/train.smk ------------------------------------------------------------
-DEMO_MODEL = "results/demo/modelo-base"
+DEMO_MODEL = layout.DEMO_MODEL
 SMOLLM2_MODEL = SMOLLM2_FOLDER  # modelo.base: smollm2-135m-instruct resolves here (afinar.train.smollm2)
 
 
@@ -122,6 +154,18 @@ def train_inputs(wildcards):
     return inputs
 
 
+def train_settings(wildcards):
+    """`treinamento` minus `checkpoint_minutos`: how often checkpoints are written never changes the
+    adapter, so it must not rerun train; it travels as the `checkpoint_s` resource instead."""
+    section = exp_params(wildcards, "treinamento")
+    return {k: v for k, v in section.items() if k != "checkpoint_minutos"}
+
+
+def train_checkpoint_s(wildcards):
+    """`treinamento.checkpoint_minutos` in whole seconds (resources are integers; 0 = off)."""
+    return round(60 * float(exp_params(wildcards, "treinamento")["checkpoint_minutos"] or 0))
+
+
 def train_gpus(wildcards):
     """One GPU slot for the Unsloth/auto backends; none for `backend: transformers`, the CPU path."""
     return 1 if wants_gpu(EXPS[wildcards.exp]["treinamento"]["backend"]) else 0
@@ -140,7 +184,7 @@ def train_mem_mb(wildcards):
     base = EXPS[wildcards.exp]["modelo"]["base"].rstrip("/")
     if base == SMOLLM2_MODEL:
         return 8000
-    return 4000 if base.startswith("results/") else 32000
+    return 4000 if layout.under_results(base) else 32000
 
 
 def train_runtime(wildcards):
@@ -148,7 +192,7 @@ def train_runtime(wildcards):
     base = EXPS[wildcards.exp]["modelo"]["base"].rstrip("/")
     if base == SMOLLM2_MODEL:
         return 120
-    return 30 if base.startswith("results/") else 24 * 60
+    return 30 if layout.under_results(base) else 24 * 60
 
 
 # --- helpers of rules/predict.smk ------------------------------------------------------------
@@ -158,7 +202,7 @@ def predict_inputs(wildcards):
     """The test split and the trained adapter, plus the base model folder when this workflow builds it."""
     inputs = {
         "teste": f"{DATA}/teste.parquet",
-        "adapter": f"results/{wildcards.exp}/adapter",
+        "adapter": str(layout.exp_path(wildcards.exp, layout.ADAPTER)),
     }
     inputs.update(zip(["base"], base_model_input(wildcards)))
     return inputs
@@ -190,9 +234,9 @@ def predict_training(wildcards):
 
 def evaluate_inputs(wildcards):
     """The fine-tuned predictions, plus the base model's when `predicao.comparar_base` asks for them."""
-    inputs = {"predicoes": f"results/{wildcards.exp}/predicoes/teste.jsonl"}
+    inputs = {"predicoes": str(layout.exp_path(wildcards.exp, layout.PREDICTIONS))}
     if exp_params(wildcards, "predicao")["comparar_base"]:
-        inputs["base"] = f"results/{wildcards.exp}/predicoes/teste_base.jsonl"
+        inputs["base"] = str(layout.exp_path(wildcards.exp, layout.BASE_PREDICTIONS))
     return inputs
 
 
@@ -211,6 +255,11 @@ def exp_value(section, key):
 def exp_config(wildcards):
     """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it."""
     return EXPS[wildcards.exp]
+
+
+def report_misc(wildcards):
+    """`misc` as the report uses it: without `log_level`, which must never rerun anything."""
+    return {k: v for k, v in CFG["misc"].items() if k != "log_level"}
 
 
 def data_config(wildcards):
@@ -233,14 +282,10 @@ def report_data_inputs(wildcards):
 def compare_inputs(wildcards):
     """Per experiment, in EXPS order: metrics, training summary, hardware and training logs."""
     return {
-        "metricas": [f"results/{exp}/avaliacao/metricas.json" for exp in EXPS],
-        "summary": [f"results/{exp}/metrics_summary.json" for exp in EXPS],
-        "hardware": [
-            f"results/{exp}/treinamento/hardware_metrics.jsonl" for exp in EXPS
-        ],
-        "training": [
-            f"results/{exp}/treinamento/training_metrics.jsonl" for exp in EXPS
-        ],
+        "metricas": [str(layout.exp_path(exp, layout.METRICS)) for exp in EXPS],
+        "summary": [str(layout.exp_path(exp, layout.METRICS_SUMMARY)) for exp in EXPS],
+        "hardware": [str(layout.exp_path(exp, layout.HARDWARE_METRICS)) for exp in EXPS],
+        "training": [str(layout.exp_path(exp, layout.TRAINING_METRICS)) for exp in EXPS],
     }
 
 

@@ -28,6 +28,7 @@ rule pair:
     conda:
         "../envs/data.yaml"
     params:
+        codigo=library_code("pair.py"),
         entrada=PAIR_ENTRADA,
         predicao=CFG["pastas"]["predicao"],
         validacao=CFG["pastas"]["validacao"],
@@ -48,6 +49,7 @@ rule decrypt:
     conda:
         "../envs/data.yaml"
     params:
+        codigo=library_code("decrypt.py"),
         env_var=CFG["misc"]["env_chave_criptografia"],
         encrypted_input=bool(CFG["pastas"]["entrada"]["dataframe"]),
         skip_invalidos=CFG["pastas"]["validacao"]["skip_invalidos"],
@@ -71,6 +73,7 @@ rule split:
     conda:
         "../envs/data.yaml"
     params:
+        codigo=library_code("split.py"),
         tipo_entrada=CFG["formatos"]["tipo_entrada"],
         divisao=CFG["pastas"]["divisao"],
         prompt_template=SPLIT_TEMPLATE_SECTION["prompt_template"],

@@ -22,6 +22,7 @@ rule export_merged:
     conda:
         "../envs/train.yaml"
     params:
+        codigo=library_code("export.py"),
         base=export_base,
         precisao=export_precisao,
         nbits=export_nbits,
@@ -41,9 +42,10 @@ rule export_gguf:
     conda:
         "../envs/train-cpu.yaml"
     params:
+        codigo=library_code("export.py"),
         tipo=export_gguf_tipo,
         llama_cpp=EXPORTACAO["llama_cpp"],
-        pre_tokenizer=EXPORTACAO.get("gguf_pre_tokenizer", ""),
+        pre_tokenizer=EXPORTACAO["gguf_pre_tokenizer"],
     script:
         "../scripts/export.py"
 
@@ -59,5 +61,7 @@ rule export_onnx:
         "results/benchmarks/export_onnx/{exp}.tsv"
     conda:
         "../envs/train-cpu.yaml"
+    params:
+        codigo=library_code("export.py"),
     script:
         "../scripts/export.py"

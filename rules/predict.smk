@@ -14,7 +14,12 @@ rule predict:
     output:
         predicoes="results/{exp}/predicoes/teste.jsonl",
         memoria="results/{exp}/treinamento/memoria_predicao.jsonl",
-        grafico="results/{exp}/treinamento/memoria_predicao.png",
+        grafico=report(
+            "results/{exp}/treinamento/memoria_predicao.png",
+            caption="captions/memoria_predicao.rst",
+            category="{exp}",
+            subcategory="Prediction",
+        ),
     log:
         "results/logs/predict/{exp}.log",
     benchmark:
@@ -27,6 +32,7 @@ rule predict:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
     params:
+        codigo=library_code("predict.py"),
         predicao=predict_settings,
         modelo=predict_model,
         treinamento=predict_training,
@@ -51,6 +57,7 @@ rule predict_base:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
     params:
+        codigo=library_code("predict.py"),
         predicao=predict_settings,
         modelo=predict_model,
         treinamento=predict_training,
@@ -71,6 +78,7 @@ rule evaluate:
     conda:
         "../envs/report.yaml"
     params:
+        codigo=library_code("evaluate.py"),
         formato_saida=CFG["formatos"]["formato_saida"],
         avaliacao=CFG["avaliacao"],
     script:

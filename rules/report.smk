@@ -57,6 +57,7 @@ rule charts:
     conda:
         "../envs/report.yaml"
     params:
+        codigo=library_code("charts.py"),
         base=exp_value("modelo", "base"),
         max_seq_length=exp_value("treinamento", "max_seq_length"),
         max_grad_norm=exp_value("treinamento", "max_grad_norm"),
@@ -86,8 +87,10 @@ rule report:
             rules.charts.output.campos,
         ],
     output:
-        report(
-            "results/{exp}/relatorio.md",
+        md="results/{exp}/relatorio.md",
+        # the same report as one self-contained page: snakemake --report shows HTML, not Markdown
+        html=report(
+            "results/{exp}/relatorio.html",
             caption="captions/relatorio.rst",
             category="{exp}",
             subcategory="Report",
@@ -99,9 +102,10 @@ rule report:
     conda:
         "../envs/report.yaml"
     params:
+        codigo=library_code("report.py"),
         experimento=exp_config,
         dados=data_config,
-        misc=CFG["misc"],
+        misc=report_misc,
         relatorio=CFG["relatorio"],
     script:
         "../scripts/report.py"
@@ -128,6 +132,7 @@ rule compare:
     conda:
         "../envs/report.yaml"
     params:
+        codigo=library_code("compare.py"),
         experimentos=compare_configs,
     script:
         "../scripts/compare.py"

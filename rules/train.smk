@@ -23,6 +23,7 @@ rule demo_model:
     conda:
         "../envs/train-cpu.yaml"
     params:
+        codigo=library_code("demo_model.py"),
         seed=0,
     script:
         "../scripts/demo_model.py"
@@ -54,6 +55,7 @@ rule filter_tokens:
     conda:
         train_env
     params:
+        codigo=library_code("filter_tokens.py"),
         base=exp_value("modelo", "base"),
         max_seq_length=exp_value("treinamento", "max_seq_length"),
         filtro_tokens=exp_value("treinamento", "filtro_tokens"),
@@ -81,9 +83,11 @@ rule train:
         gpu=train_gpus,
         mem_mb=train_mem_mb,
         runtime=train_runtime,
+        checkpoint_s=train_checkpoint_s,
     params:
+        codigo=library_code("train.py"),
         modelo=exp_section("modelo"),
-        treinamento=exp_section("treinamento"),
+        treinamento=train_settings,
         lora=exp_section("lora"),
         checkpoints="results/{exp}/checkpoints",
     script:

@@ -1,4 +1,4 @@
-"""Rule report: render results/{exp}/relatorio.md from the experiment's files and config."""
+"""Rule report: render results/{exp}/relatorio.md (and relatorio.html) from the experiment's files and config."""
 
 from afinar.errors import run_rule
 from afinar.report.markdown import ReportInputs, write_report
@@ -19,13 +19,14 @@ def main(smk) -> None:
         charts=list(smk.input.charts),
     )
     write_report(
-        smk.output[0],
+        smk.output.md,
         exp=smk.wildcards.exp,
         exp_config=dict(smk.params.experimento),
         inputs=inputs,
         misc=dict(smk.params.misc),
         relatorio=dict(smk.params.relatorio),
         data_config=dict(smk.params.dados),
+        html_path=smk.output.html,
     )
 
 

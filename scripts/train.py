@@ -8,12 +8,22 @@ from afinar.errors import AfinarError, run_rule
 
 
 def main(smk) -> None:
+    from afinar.train.attempts import keep_attempts
+
+    # every attempt (retries, requeues, resubmits) stays in the rule log, each under its own header
+    with keep_attempts(smk.log[0] if len(smk.log) else None):
+        run(smk)
+
+
+def run(smk) -> None:
     from afinar.config.settings import Experiment
     from afinar.runtime import wants_gpu
 
     p = smk.params
+    # checkpoint_minutos travels as a resource (it must never rerun train): back into its section here
+    treinamento = {**p.treinamento, "checkpoint_minutos": int(getattr(smk.resources, "checkpoint_s", 0)) / 60}
     experiment = Experiment.from_sections(
-        smk.wildcards.exp, {"modelo": p.modelo, "treinamento": p.treinamento, "lora": p.lora}
+        smk.wildcards.exp, {"modelo": p.modelo, "treinamento": treinamento, "lora": p.lora}
     )
     backend = experiment.treinamento.backend
     # Snakemake scales a job's gpu request down to --resources gpu=N; with N=0 the job gets no GPU.

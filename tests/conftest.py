@@ -88,3 +88,18 @@ def place_model(model_dir: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(model_dir, dest, copy_function=os.link)
     return dest
+
+
+def cache_hub_model(hf_home: Path, repo_id: str, revision: str = "0" * 40) -> Path:
+    """Put a (tiny, untrained) model under ``repo_id`` in a Hugging Face cache at ``hf_home``, laid out as
+    ``hf download`` leaves it (refs/main → snapshots/<revision>/), so the libraries find it offline."""
+    from transformers import Qwen2Config
+
+    repo = Path(hf_home) / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    ).save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot

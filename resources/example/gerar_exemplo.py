@@ -7,14 +7,19 @@ is ``null`` for documents that carry none.
 
     python resources/example/gerar_exemplo.py                 # rewrite entrada/, saidas/, textos.parquet, dataset/
     CHAVE=... python resources/example/gerar_exemplo.py --cifrar CHAVE --saida /tmp/textos_cifrados.parquet
+    python resources/example/gerar_exemplo.py --chave-exemplo # print the example's (public) key
 
 The second form writes an encrypted copy of textos.parquet with the Fernet key held by the variable
-CHAVE; no key is ever committed (the tests generate one).
+CHAVE. The bundled ``textos_cifrados.parquet`` (used by config/examples/seed-compat.yaml) was written
+that way with the example key, which is derived from a public phrase and so protects nothing: it exists
+only so the original tool's encrypted example runs as shipped. Never use it for real data.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import random
@@ -26,6 +31,10 @@ SEED = 20261125
 N_NUMERIC = 320  # ids 001..320
 N_DOTTED = 40  # ids like 202400000123.1.0 (the real corpus has dotted ids)
 N_DATASET = 60
+# Public, derived from a phrase: the bundled encrypted example is readable by anyone, on purpose.
+EXAMPLE_KEY = base64.urlsafe_b64encode(
+    hashlib.sha256(b"afinar: public example key, protects nothing").digest()
+)
 
 NOMES = [
     "Ana",
@@ -178,8 +187,13 @@ def main() -> None:
         "--cifrar", metavar="VAR", help="write an encrypted textos.parquet with the key in $VAR"
     )
     parser.add_argument("--saida", type=Path, help="output path of the encrypted parquet (with --cifrar)")
+    parser.add_argument(
+        "--chave-exemplo", action="store_true", help="print the public key of the bundled encrypted example"
+    )
     args = parser.parse_args()
-    if args.cifrar:
+    if args.chave_exemplo:
+        print(EXAMPLE_KEY.decode())
+    elif args.cifrar:
         if not args.saida:
             parser.error("--cifrar needs --saida")
         encrypt_copy(args.cifrar, args.saida)

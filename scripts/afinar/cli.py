@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from afinar import __version__
+from afinar import __version__, layout, preflight
 from afinar.config import (
     SPLITS,
     check_env,
@@ -141,15 +140,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     raw = read_yaml(path)
     _apply_log_level(raw, args)
     found = problems(raw)
-    if not found:  # the chat template of each base model here: can its answers be masked? (before any job)
+    try:
+        cfg: dict | None = load_config(raw)
+    except AfinarError:
+        cfg = None
+    sources: list[tuple[bool, str]] = []
+    if cfg is not None:
+        found += [
+            p for p in preflight.mask_problems(cfg) + preflight.answer_format_problems(cfg) if p not in found
+        ]
+        sources = model_lines(cfg)
+        found += [line for usable, line in sources if not usable]
+    template_notes: list[str] = []
+    if (
+        cfg is not None and not found
+    ):  # each base model here: can its chat template be masked? (before any job)
         from afinar.train.template_check import template_report
 
-        found, template_notes = template_report(experiments(load_config(raw)))
+        found, template_notes = template_report(experiments(cfg))
     if not found:
-        cfg = load_config(raw)
+        assert cfg is not None
         print(summary(cfg))
+        for _, line in sources:
+            print(f"  {line}")
         for note in template_notes:
-            print(f"chat template: {note}")
+            print(f"  chat template: {note}")
         names = ", ".join(experiments(cfg))
         print(f"\nConfiguração válida! {path} ({names})")
         return 0
@@ -173,14 +188,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     section("Arquivos")
     for line in file_status(cfg):
         print(line)
-    for line in check_env(cfg):
+    for line in check_env(cfg) + preflight.answer_format_problems(cfg):
         print(f"  ✗ {line}")
 
     section("Pareamento")
     print(pairing_counts(cfg, results))
 
     section("Divisão")
-    splits = {s: results / "data" / f"{s}.parquet" for s in SPLITS}
+    splits = {s: layout.split_file(s, results) for s in SPLITS}
     loaded = {s: _read_split(p) for s, p in splits.items() if p.is_file()}
     if not loaded:
         print(f"  no split files under {results / 'data'} yet (run snakemake to create them)")
@@ -211,7 +226,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     section("Experimentos")
     for name, exp in experiments(cfg).items():
-        adapter = results / name / "adapter"
+        adapter = layout.exp_path(name, layout.ADAPTER, results)
         state = (
             "treinado"
             if (adapter / "adapter_config.json").is_file() or (adapter / "config.json").is_file()
@@ -251,12 +266,28 @@ def cmd_list_files(args: argparse.Namespace) -> int:
     paired = sorted(set(inputs) & set(answers))
     input_only = sorted(set(inputs) - set(answers))
     answer_only = sorted(set(answers) - set(inputs))
-    print(f"{len(paired)} par(es) | {len(inputs)} entrada(s) | {len(answers)} resposta(s) esperada(s)")
+    # the pair stage's own verdict, so this count is the one training gets (invalid answers left out)
+    invalid = {
+        i["id"]: i["motivo"]
+        for i in pairing.pair_records(
+            entrada, predicao, {**pastas["validacao"], "skip_invalidos": True}, cfg["formatos"]
+        ).invalid
+    }
+    line = f"{len(paired) - len(invalid)} par(es) | {len(inputs)} entrada(s) | {len(answers)} resposta(s) esperada(s)"
+    if invalid:
+        line += (
+            f" | {len(paired)} ids nos dois lados, {len(invalid)} inválido(s) "
+            f"(left out by the pair stage: {pairing.invalid_hint(list(invalid.values()), len(paired), cfg['formatos'])})"
+        )
+    print(line)
     shown = paired if args.all else paired[:20]
     for rid in shown:
-        print(f"  {rid}: {inputs[rid]} -> {answers[rid]}")
+        mark = f"  ✗ {invalid[rid]}" if rid in invalid else ""
+        print(f"  {rid}: {inputs[rid]} -> {answers[rid]}{mark}")
     if len(shown) < len(paired):
         print(f"  ... (+{len(paired) - len(shown)}; --all lists every pair)")
+    if invalid:
+        print(f"inválidos ({len(invalid)}): {pairing.format_ids(sorted(invalid), 50)}")
     print(f"entrada sem par ({len(input_only)}): {pairing.format_ids(input_only, 50) or '-'}")
     print(f"predicao sem par ({len(answer_only)}): {pairing.format_ids(answer_only, 50) or '-'}")
     return 0
@@ -295,8 +326,11 @@ def show_text(text: Any, hide: bool) -> str:
 
 
 def file_status(cfg: dict) -> list[str]:
-    """✓/✗ line for each path the config names (✗ lines are exactly the check_paths problems)."""
+    """✓/✗ line for each path the config names (✗ lines are exactly what validate reports)."""
     bad = {line.split(":", 1)[0]: line for line in check_paths(cfg)}
+    masks = {
+        line.split(":", 1)[0].replace(".mascara", ".pasta"): line for line in preflight.mask_problems(cfg)
+    }
     keys: list[tuple[str, ...]] = []
     if cfg["formatos"]["tipo_entrada"] == "pastas":
         entrada = (
@@ -315,7 +349,7 @@ def file_status(cfg: dict) -> list[str]:
     keys.append(("modelo", "base"))
     lines = []
     for path in keys:
-        value = cfg
+        value: Any = cfg
         for part in path:
             value = value[part]
         name = ".".join(path)
@@ -325,18 +359,45 @@ def file_status(cfg: dict) -> list[str]:
             lines.append(f"  ✗ {bad[name]}")
         elif name == "pastas.divisao.arquivo" and not Path(value).exists():
             lines.append(f"  · {name}: {value} (will be created by the split rule)")
-        elif name == "modelo.base" and not Path(value).exists():
-            lines.append(f"  · {name}: {value} (not a local folder: a Hub id, or built by a rule)")
+        elif name == "modelo.base":
+            continue  # one line per experiment below
+        elif path[-1] == "pasta" and name in masks:
+            lines.append(f"  ✗ {masks[name]}")
         else:
             lines.append(f"  ✓ {name}: {value}{_count_hint(value, cfg, path)}")
+    for usable, line in model_lines(cfg):
+        mark = "✗" if not usable else ("·" if "will be downloaded" in line else "✓")
+        lines.append(f"  {mark} {line}")
+    return lines
+
+
+def model_lines(cfg: dict) -> list[tuple[bool, str]]:
+    """One line per distinct base model: a local folder, in the Hugging Face cache, or to be downloaded."""
+    exps = experiments(cfg)
+    sources = preflight.model_sources(exps)
+    by_base: dict[str, list[str]] = {}
+    for name, exp in exps.items():
+        by_base.setdefault(str(exp["modelo"]["base"]), []).append(name)
+    lines = []
+    for names in by_base.values():
+        src = sources[names[0]]
+        label = "modelo.base" if len(exps) == 1 else f"modelo.base ({', '.join(names)})"
+        lines.append((src.usable, f"{label}: {src.detail}"))
     return lines
 
 
 def _count_hint(value: str, cfg: dict, path: tuple[str, ...]) -> str:
+    """The number of files the mask matches, counted as the pair stage lists them."""
     if path[-1] != "pasta" or not Path(value).is_dir():
         return ""
+    from afinar.data.pairing import list_files
+
     mask = cfg["pastas"][path[1]]["mascara"]
-    return f" ({sum(1 for _ in Path(value).glob(mask))} arquivo(s) {mask})"
+    try:
+        n = len(list_files(value, mask, ".".join(path[:2])))
+    except AfinarError:
+        return ""
+    return f" ({n} arquivo(s) {mask})"
 
 
 def pairing_counts(cfg: dict, results: Path) -> str:
@@ -378,7 +439,7 @@ def token_statistics(cfg: dict, splits: dict[str, list[dict]]) -> str:
     exps = experiments(cfg)
     base = next(iter(exps.values()))["modelo"]["base"]
     max_len = next(iter(exps.values()))["treinamento"]["max_seq_length"]
-    if not _available_locally(base):
+    if preflight.model_source(base, hub=False).kind not in ("local", "cache"):
         return f"  tokenizer of {base} not available locally (no such folder, not in the Hugging Face cache) — token statistics skipped"
     try:
         from transformers import AutoTokenizer
@@ -401,18 +462,6 @@ def token_statistics(cfg: dict, splits: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def _available_locally(base: str) -> bool:
-    """A local folder, or a Hub id already in the cache (checked before importing transformers: it is slow)."""
-    if Path(base).is_dir():
-        return True
-    if "/" not in base or base.startswith((".", "/")):
-        return False
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub"
-    )
-    return Path(hub, "models--" + base.replace("/", "--")).is_dir()
-
-
 def _count_tokens(tokenizer: Any, messages: list[dict]) -> int:
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(messages, tokenize=True)
@@ -426,7 +475,8 @@ def _read_split(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path, columns=["id", "messages"]).to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(path, columns=["id", "messages"]).to_pylist()
+        return rows
     except Exception as exc:  # noqa: BLE001 - a corrupt file is a user-visible state, not a crash
         raise AfinarError(
             f"{path}: cannot read the split ({str(exc).splitlines()[0]}) — delete it and rerun snakemake"

@@ -40,7 +40,7 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
 
     Found without importing torch, so that the choice can still narrow ``CUDA_VISIBLE_DEVICES``.
     """
-    env = os.environ if env is None else env
+    env = dict(os.environ) if env is None else env
     if "CUDA_VISIBLE_DEVICES" in env:
         value = env["CUDA_VISIBLE_DEVICES"].strip()
         if value in ("", "-1", "none", "NoDevFiles"):

@@ -1,13 +1,16 @@
-"""Atomic file writes: a file either has its complete content or does not exist.
+"""Atomic writes: a file or folder either has its complete content or does not exist.
 
 Rules write to a temporary name in the target folder and rename at the end, so an interrupted job
-never leaves a half-written file that a later run (or a person) could take as complete.
+never leaves a half-written file that a later run (or a person) could take as complete. Folders (an
+adapter, a merged model, an ONNX export) go through :func:`atomic_dir`, the one place that publishes a
+folder and gives it its mode.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -31,6 +34,43 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux's /proc; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+@contextmanager
+def atomic_dir(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; on success it replaces ``path`` by two renames.
+
+    The folder gets ``mode``, or what a plain ``mkdir`` would give it under the current umask
+    (``mkdtemp`` alone leaves it 0700, which hid adapters from a shared group). On failure the
+    temporary folder is removed and an existing ``path`` stays as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, mode if mode is not None else 0o777 & ~current_umask())
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:

@@ -157,30 +157,47 @@ def test_unsloth_trains_with_response_only_loss(gpu_setup, nbits):
 
 
 def test_resume_after_kill(gpu_setup):
+    """Killed right after checkpoint-8 is saved, at a point the test controls: the child blocks in
+    BlockAfterSave and writes a marker, so a fast GPU cannot finish (and rotate checkpoint-8 away) first."""
     results, name = gpu_setup["results"], "unsloth-resume"
     exp = experiment(gpu_setup["model"], max_steps=20, eval_steps=4)
     ckpts = results / name / "checkpoints"
+    marker = results / f"{name}.saved"
     code = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {SCRIPTS!r})
+        from afinar.train.callbacks import BlockAfterSave
         from afinar.train.training import TrainPaths, train
-        train(json.loads({json.dumps(json.dumps(exp))}), TrainPaths.for_experiment({str(results)!r}, {name!r}))
+        train(json.loads({json.dumps(json.dumps(exp))}), TrainPaths.for_experiment({str(results)!r}, {name!r}),
+              extra_callbacks=[BlockAfterSave(8, {str(marker)!r})])
     """)
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.time() + 600
-    while time.time() < deadline and not (ckpts / "checkpoint-8" / "trainer_state.json").is_file():
-        time.sleep(0.5)
-    time.sleep(1.0)
-    os.kill(proc.pid, signal.SIGKILL)  # like an OOM kill or a SLURM time limit
-    proc.wait()
-    assert (ckpts / "checkpoint-8").is_dir()
+    try:
+        while not marker.exists():  # written by the child once checkpoint-8 is complete; no timing involved
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)  # like an OOM kill or a SLURM time limit
+    finally:
+        proc.kill()
+        proc.wait()
+    assert marker.read_text() == "8" and (ckpts / "checkpoint-8" / "trainer_state.json").is_file()
     s = summary_of(run_child(exp, results, name))
-    assert s["retomado_de"] is not None and s["global_step"] == 20
+    assert s["retomado_de"].endswith("checkpoint-8") and s["global_step"] == 20
     begins = [
         json.loads(ln)
         for ln in open(results / name / "treinamento" / "training_metrics.jsonl")
         if '"train_begin"' in ln
     ]
-    assert len(begins) == 2 and begins[1]["resumed"] and begins[1]["step"] >= 8
+    assert len(begins) == 2 and begins[1]["resumed"] and begins[1]["step"] == 8
+
+
+def test_4bit_counts_every_parameter(gpu_setup):
+    """Issue 13 item 9: bitsandbytes packs two 4-bit weights per byte; the summary counts real parameters."""
+    counts = {}
+    for nbits in (0, 4):
+        exp = experiment(gpu_setup["model"], nbits=nbits, max_steps=1, save_checkpoints=False)
+        counts[nbits] = summary_of(run_child(exp, gpu_setup["results"], f"params-{nbits}"))["modelo_info"]
+    assert counts[4]["treinaveis"] == counts[0]["treinaveis"] > 0
+    assert counts[4]["total"] == counts[0]["total"]

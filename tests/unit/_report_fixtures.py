@@ -184,7 +184,7 @@ def write_training(
                 "epoch": 2.0,
                 "eval_loss": round(best, 4),
                 "total_flos": 1.2e12,
-                "modelo_info": {"trainable_params": 1_081_344, "total_params": 495_114_112},
+                "modelo_info": {"treinaveis": 1_081_344, "total": 495_114_112, "percentual": 0.2184},
                 "hardware": {"gpu_nome": "NVIDIA H100 80GB HBM3" if gpu else None},
             }
         )

@@ -90,7 +90,14 @@ CASES = {
         with_("treinamento.eval_steps", "150%"),
         "treinamento.eval_steps: 150% — a percentage of the run's steps must be between",
     ),
-    "bad experiment name": (with_("experimentos", {"a b": {}}), "experimentos.a b: invalid experiment name"),
+    "experiment name escaping results/": (
+        with_("experimentos", {"..": {}}),
+        "experimentos...: the experiment name '..' would write outside results/",
+    ),
+    "experiment name taking results/data": (
+        with_("experimentos", {"data": {}}),
+        "experimentos.data: the experiment name 'data' is one of results/'s own folders",
+    ),
     "data section in experiment": (
         with_("experimentos", {"a": {"pastas": {}}}),
         "experimentos.a.pastas: experiments may only override",
@@ -125,7 +132,7 @@ CASES = {
     ),
     "regex mask": (
         with_("pastas.entrada.mascara", "^doc.*"),
-        "pastas.entrada.mascara: '^doc.*' looks like a regular expression",
+        "pastas.entrada.mascara: mask '^doc.*' looks like a regular expression",
     ),
     "paciencia without validation": (
         with_("pastas.divisao.proporcao", [0.8, 0, 0.2]) | {"treinamento": {"paciencia": 2}},

@@ -13,6 +13,7 @@ import yaml
 
 from afinar.cli import main, show_text
 from afinar.config import interactive, load_config, read_yaml
+from afinar.errors import AfinarError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,7 @@ def project(tmp_path, monkeypatch) -> Path:
     for rid in ("001", "002", "a.b", "only_out"):
         (tmp_path / "out" / f"{rid}.txt").write_text(json.dumps({"id": rid}))
     (tmp_path / "prompt.txt").write_text("Extraia: <<T>>")
+    (tmp_path / "modelo-base").mkdir()  # a local model folder (a Hub id would need the cache offline)
     config = {
         "formatos": {"tipo_entrada": "pastas", "formato_saida": "json"},
         "pastas": {
@@ -102,6 +104,7 @@ def test_inspect_shows_first_and_last_records_and_token_statistics(
     cfg = yaml.safe_load((project / "c.yaml").read_text())
     cfg["modelo"]["base"] = str(tiny_model_dir)
     cfg["treinamento"] = {"max_seq_length": 64}
+    cfg["predicao"] = {"max_new_tokens": 32}  # within max_seq_length, or validate refuses the config
     (project / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["inspect", "c.yaml"]) == 0  # in-process: a subprocess would re-import transformers
     out = capsys.readouterr().out
@@ -253,7 +256,8 @@ def test_validate_interactive_writes_a_template_for_a_missing_file(project):
     ask = Script(
         ("does not exist. Write a commented template", "s"),
         ("Input mode", "pastas"),
-        ("Base model", "unsloth/Qwen2.5-0.5B-Instruct"),
+        ("Answer format: json", "json"),
+        ("Base model", "modelo-base"),
         ("pastas.predicao.pasta", "n"),
         ("pastas.predicao.pasta", "out"),
         ("pastas.entrada.pasta", "n"),
@@ -262,7 +266,75 @@ def test_validate_interactive_writes_a_template_for_a_missing_file(project):
     )
     assert main(["validate", "new.yaml", "--interactive"], ask=ask) == 0
     text = (project / "new.yaml").read_text()
-    assert "# Afinar config (pastas mode)" in text and 'base: "unsloth/Qwen2.5-0.5B-Instruct"' in text
+    assert "# Afinar config (pastas mode)" in text and 'base: "modelo-base"' in text
+
+
+def test_interactive_template_asks_the_answer_format(project):
+    """Issue 13 item 1: plain-text answers get formato_saida: texto, so no JSON is required of them."""
+    for rid in ("001", "002", "a.b", "only_out"):
+        (project / "out" / f"{rid}.txt").write_text(f"Resposta em texto livre {rid}.")
+    ask = Script(
+        ("Write a commented template", "s"),
+        ("Input mode", "pastas"),
+        ("Answer format", "texto"),
+        ("Base model", "modelo-base"),
+        ("pastas.predicao.pasta", "n"),
+        ("pastas.predicao.pasta", "out"),
+        ("pastas.entrada.pasta", "n"),
+        ("pastas.entrada.pasta", "in"),
+        ("Save these changes", "s"),
+    )
+    assert main(["validate", "texto.yaml", "--interactive"], ask=ask) == 0
+    cfg = load_config(read_yaml(project / "texto.yaml"))
+    assert cfg["formatos"]["formato_saida"] == "texto"
+    assert cfg["pastas"]["validacao"]["exigir_json_valido"] is False
+
+
+def test_interactive_asks_again_for_a_path_that_does_not_exist(project):
+    """Issue 13 item 6: a path typed at the prompt is checked there; a wrong one is asked again."""
+    path = project / "seed.yaml"
+    path.write_text(SEED_STYLE.replace("pasta: out", "pasta: saidas-que-nao-existem"))
+    said: list[str] = []
+    ask = Script(
+        ("rename it to learning_rate", "s"),
+        ("Base model", "./modelos/nao-existe"),
+        ("Base model", "modelo-base"),
+        ("pastas.predicao.pasta", "n"),
+        ("pastas.predicao.pasta", "tambem-nao-existe"),
+        ("pastas.predicao.pasta", "out"),
+        ("prompt_template 'missing-template.txt' does not exist", "n"),
+        ("pastas.entrada.prompt_template", "nao.txt"),
+        ("pastas.entrada.prompt_template", "prompt.txt"),
+        ("proporção de treino", "0.7"),
+        ("proporção de validacao", "0.1"),
+        ("proporção de teste", "0.2"),
+        ("max_seq_length is 32768", "n"),
+        ("Save these changes", "s"),
+    )
+    interactive.fix_config(path, ask, out=said.append)
+    assert not ask.pairs
+    assert any("'tambem-nao-existe' (relative to " in line and "try again" in line for line in said), said
+    assert any("./modelos/nao-existe" in line and "does not exist" in line for line in said), said
+    cfg = load_config(read_yaml(path))
+    assert cfg["pastas"]["predicao"]["pasta"] == "out" and cfg["modelo"]["base"] == "modelo-base"
+    assert cfg["pastas"]["entrada"]["prompt_template"] == "prompt.txt"
+
+
+def test_interactive_gives_up_after_three_wrong_paths_without_saving(project):
+    path = project / "seed.yaml"
+    path.write_text(SEED_STYLE.replace("pasta: out", "pasta: nada"))
+    before = path.read_text()
+    ask = Script(
+        ("rename it to learning_rate", "s"),
+        ("Base model", "modelo-base"),
+        ("pastas.predicao.pasta", "n"),
+        ("pastas.predicao.pasta", "x1"),
+        ("pastas.predicao.pasta", "x2"),
+        ("pastas.predicao.pasta", "x3"),
+    )
+    with pytest.raises(AfinarError, match="3 answers were not an existing folder — nothing saved"):
+        interactive.fix_config(path, ask, out=lambda _m: None)
+    assert path.read_text() == before
 
 
 def test_validate_interactive_without_a_terminal_asks_nothing(project):

@@ -66,7 +66,8 @@ def test_defaults_fill_every_key_of_the_contract():
     assert div["proporcao"] == {"treino": 0.7, "validacao": 0.1, "teste": 0.2} and div["seed"] == 42
     assert (
         cfg["pastas"]["entrada"]["mascara"] == "*.txt"
-        and cfg["pastas"]["validacao"]["exigir_json_valido"] is True
+        # formato_saida (default texto) decides: plain-text answers need no JSON (issue 13)
+        and cfg["pastas"]["validacao"]["exigir_json_valido"] is (cfg["formatos"]["formato_saida"] == "json")
     )
     assert cfg["predicao"] == {
         "batch_size": 16,
@@ -78,7 +79,13 @@ def test_defaults_fill_every_key_of_the_contract():
     }
     assert cfg["dataset"]["hf_splits"] == {"treino": "train", "validacao": "validation", "teste": "test"}
     assert cfg["relatorio"] == {"mostrar_exemplos": None, "n_exemplos": 3}
-    assert cfg["exportacao"] == {"merged": False, "gguf": "", "llama_cpp": "", "onnx": False}
+    assert cfg["exportacao"] == {
+        "merged": False,
+        "gguf": "",
+        "llama_cpp": "",
+        "gguf_pre_tokenizer": "",
+        "onnx": False,
+    }
     assert cfg["avaliacao"] == {"campos": []} and cfg["experimentos"] == {}
     assert cfg["misc"] == {"log_level": "INFO", "env_chave_criptografia": ""}
 

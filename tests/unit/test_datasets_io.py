@@ -273,7 +273,7 @@ def test_hf_offline_and_not_cached_is_one_line(hf_env):
 def test_hf_missing_folder_and_bad_column_mapping(tmp_path, hf_env):
     from afinar.data.dataset_mode import load_hf_sources
 
-    with pytest.raises(AfinarError, match="folder ./nao/existe not found"):
+    with pytest.raises(AfinarError, match=r"folder './nao/existe' \(relative to .*\) not found"):
         load_hf_sources(hf_cfg("./nao/existe"))
     folder = parquet_shards(tmp_path / "shards")
     bad = {"uid": "id", "questao": "prompt", "resposta": "completion"}

@@ -1,10 +1,10 @@
 """The per-rule conda envs agree with the pip lock files, and every rule names an env that exists.
 
 Conda channels cannot be reached from the machines these tests run on, so the envs are never built
-here. What can be checked is checked: exact pins only, the agreed channels, the same version as the lock
-file that `make` installs from (or the measured GPU lock), every rule with a `conda:` directive pointing
-at a real env, and every third-party module a rule's script imports (directly or through afinar)
-provided by that rule's env.
+here. What can be checked is checked: each env is what tools/lock_envs.py makes of its lock file (python
+and pip from conda, every package an exact pip pin), every dependency of a CPU env's packages is pinned
+in it, the agreed channels, every rule with a `conda:` directive pointing at a real env, and every
+third-party module a rule's script imports (directly or through afinar) provided by that rule's env.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from afinar.code_version import module_file
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVS = sorted((ROOT / "envs").glob("*.yaml"))
@@ -73,6 +75,8 @@ def env_pins(env: dict) -> tuple[dict[str, str | None], dict[str, str | None]]:
     for dep in env.get("dependencies") or []:
         if isinstance(dep, dict):
             for spec in dep.get("pip", []):
+                if spec.strip().startswith("-"):  # an option such as --extra-index-url, not a package
+                    continue
                 m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([0-9][A-Za-z0-9.!+]*)", spec.strip())
                 pip[norm(m.group(1) if m else spec)] = m.group(2) if m else None
         else:
@@ -116,7 +120,7 @@ def test_env_pins_agree_with_lock_file(path):
     wrong = {
         name: (version, lock.get(name, "not in lock"))
         for name, version in {**conda, **pip}.items()
-        if name not in UNLOCKED and lock.get(name) != version
+        if name not in UNLOCKED and lock.get(name) != (version or "").split("+", 1)[0]
     }
     assert not wrong, f"{path.name} vs {lock_path.name}: env pin, lock pin = {wrong}"
 
@@ -131,8 +135,45 @@ def test_gpu_lock_holds_the_measured_stack():
 
 
 def test_cpu_env_uses_a_trl_that_trains_on_cpu():
-    conda, _ = env_pins(yaml.safe_load((ROOT / "envs/train-cpu.yaml").read_text()))
-    assert tuple(int(x) for x in conda["trl"].split(".")[:2]) >= (1, 16)
+    _, pip = env_pins(yaml.safe_load((ROOT / "envs/train-cpu.yaml").read_text()))
+    assert tuple(int(x) for x in pip["trl"].split(".")[:2]) >= (1, 16)
+    assert pip["torch"].endswith("+cpu")  # PyPI's plain Linux wheel would pull CUDA libraries
+
+
+@pytest.mark.parametrize("path", ENVS, ids=lambda p: p.name)
+def test_env_is_python_and_pip_then_its_lock(path):
+    """Conda gives only the interpreter and pip; every package is an exact pip pin from the lock."""
+    conda, pip = env_pins(yaml.safe_load(path.read_text()))
+    assert set(conda) == {"python", "pip"}, f"{path.name}: conda packages besides python/pip: {sorted(conda)}"
+    assert pip, f"{path.name}: no pip pins"
+
+
+def test_envs_are_what_the_lock_files_give():
+    """The lock files are the single source of truth: envs/*.yaml are generated from them."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import lock_envs
+    finally:
+        sys.path.pop(0)
+    assert lock_envs.main(["--check"]) == 0, "run: .venv/bin/python tools/lock_envs.py"
+
+
+@pytest.mark.parametrize("name", ["data.yaml", "report.yaml", "train-cpu.yaml"])
+def test_cpu_env_holds_every_dependency_of_its_packages(name):
+    """Exact, not only top-level: each pinned package's own requirements (this platform, no extras) are
+    pinned in the same env, so pip never picks a version on its own. (The CPU lock is installed here;
+    the GPU env is its whole lock, checked above.)"""
+    from packaging.requirements import Requirement
+
+    _, pip = env_pins(yaml.safe_load((ROOT / "envs" / name).read_text()))
+    missing = set()
+    for dist in pip:
+        for spec in importlib.metadata.distribution(dist).requires or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                if norm(req.name) not in pip:
+                    missing.add(f"{dist} → {req.name}")
+    assert not missing, f"{name}: dependencies not pinned: {sorted(missing)}"
 
 
 def test_norm_and_spec_parsing():
@@ -274,12 +315,16 @@ def third_party_imports(path: Path, seen: set[Path] | None = None, rule: str | N
         for name in names:
             top = name.split(".")[0]
             if top == "afinar":
-                parts = name.split(".")
-                mods = [parts[1]] if len(parts) > 1 else []
-                if isinstance(node, ast.ImportFrom) and len(parts) == 1:
-                    mods = [a.name for a in node.names]
-                for mod in mods:
-                    found |= third_party_imports(ROOT / "scripts/afinar" / f"{mod}.py", seen)
+                # afinar.x.y, its packages' __init__ files, and `from afinar.x import submodule`
+                dotted = [name]
+                if isinstance(node, ast.ImportFrom):
+                    dotted += [f"{name}.{a.name}" for a in node.names]
+                for mod in dotted:
+                    parts = mod.split(".")
+                    for i in range(1, len(parts) + 1):
+                        target = module_file(ROOT / "scripts", ".".join(parts[:i]))
+                        if target is not None:
+                            found |= third_party_imports(target, seen)
             else:
                 found.add(top)
     return {m for m in found if m not in sys.stdlib_module_names and m not in NOT_FROM_ENV}

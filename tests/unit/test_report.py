@@ -210,3 +210,100 @@ def test_data_section_shows_the_token_filter_and_the_hf_dataset(run: dict[str, P
     # without the file the section is simply absent
     _, text = write(run, tmp_path, PLAIN, {"mostrar_exemplos": None, "n_exemplos": 0})
     assert "Token filter" not in text and "Hugging Face dataset" not in text
+
+
+def test_trainable_parameters_come_from_what_training_writes(
+    run: dict[str, Path], tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Issue 13 item 9: training writes modelo_info {treinaveis, total, percentual}; the report and the
+    comparison read exactly those keys (they used to read trainable_params and printed "—")."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from afinar.report import compare
+    from afinar.train.training import count_parameters
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    info = count_parameters(model)
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert info["treinaveis"] == lora > 0 and info["total"] == sum(p.numel() for p in model.parameters())
+    summary = json.loads(run["summary"].read_text())
+    summary["modelo_info"] = info
+    path = tmp_path / "metrics_summary.json"
+    path.write_text(json.dumps(summary))
+    _, text = write(run, tmp_path, PLAIN, {"n_exemplos": 0}, metrics_summary=path)
+    assert (
+        f"| trainable parameters | {info['treinaveis']:,} of {info['total']:,} ({info['percentual']:.3f} %) |"
+        in text
+    )
+    result = compare.collect(
+        compare.ExperimentFiles(name="exp1", metricas=run["metricas"], metrics_summary=path)
+    )
+    assert result.trainable_params == info["treinaveis"]
+
+
+def test_evaluation_names_every_row_and_keeps_speed_apart(run: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 13 item 10: metricas.json as the evaluate rule really writes it → every row has a name;
+    counts and speed sit in their own table, without a "gain"."""
+    from afinar.evaluate.evaluation import evaluate
+
+    def pred(rid: str, gerado: str, **kw: object) -> dict:
+        esperado = json.dumps({"nome": "Ana", "cidade": "Recife"})
+        return {
+            "id": rid,
+            "esperado": esperado,
+            "gerado": gerado,
+            "tokens_prompt": 20,
+            "tokens_saida": 9,
+            "segundos": 0.5,
+            **kw,
+        }
+
+    good = json.dumps({"nome": "Ana", "cidade": "Recife"})
+    model = [pred("a", good), pred("b", good, limite_atingido=True), pred("c", "", truncado=True)]
+    base = [pred("a", "texto"), pred("b", good), pred("c", "nada", segundos=0.001)]
+    metricas, _ = evaluate(model, base, "json")
+    path = tmp_path / "metricas.json"
+    path.write_text(json.dumps(metricas))
+    _, text = write(run, tmp_path, PLAIN, {"n_exemplos": 0}, metricas=path)
+    section = text[text.index("## 5. Evaluation") : text.index("## 6. Charts")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| `")]
+    labels = [
+        line.split("|")[1].strip() for line in rows if "fine-tuned" not in line and "| field |" not in line
+    ]
+    assert len(labels) == len([k for k, v in metricas["modelo"].items() if isinstance(v, int | float)])
+    for key in metricas["modelo"]:
+        assert key not in labels, f"raw key {key} shown as a row name"
+    assert all(labels), labels
+    quality, generation = section.split("Generation counts and speed")
+    assert "tokens / second" not in quality and "Fields macro-precision" in quality
+    assert "| answers that hit max_new_tokens | 1 | 0 |" in generation
+    assert "| prompts cut to fit max_seq_length | 1 | 0 |" in generation
+    assert "gain" not in generation.split("\n\n", 2)[1] and "+" not in generation
+
+
+def test_html_page_shows_the_report_with_its_charts_inline(run: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 13 item 11: snakemake --report only shows HTML, so the report is also one self-contained page."""
+    import base64
+
+    out = run["exp"] / "relatorio.md"
+    page = run["exp"] / "relatorio.html"
+    report.write_report(
+        out,
+        "exp1",
+        EXP_CONFIG,
+        inputs(run),
+        misc=ENCRYPTED,
+        relatorio={"mostrar_exemplos": True, "n_exemplos": 1},
+        html_path=page,
+    )
+    html = page.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and "<h1>Fine-tuning report: exp1</h1>" in html
+    assert html.count("<table>") >= 5 and "<td>Exact match</td>" in html
+    loss = (run["exp"] / "treinamento" / "grafico_loss.png").read_bytes()
+    assert f"data:image/png;base64,{base64.b64encode(loss).decode()}" in html
+    assert 'src="treinamento/' not in html  # nothing points outside the page
+    assert F.SECRET_WORD in html and stat.S_IMODE(page.stat().st_mode) == 0o600  # same privacy as the .md

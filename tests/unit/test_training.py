@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,6 +145,46 @@ def test_resume_after_interruption_appends_metrics(tiny_model_dir, task_splits):
     assert [(b["resumed"], b["step"]) for b in begins] == [(False, 0), (True, 2)]
     steps = [r["step"] for r in read_jsonl(paths.metrics_stream) if "loss" in r]
     assert steps[:4] == [1, 2, 3, 4] and steps[4:] == [3, 4, 5, 6]  # history kept, run continued at step 3
+
+
+def test_kill_at_a_controlled_point_then_resume(tiny_model_dir, task_splits):
+    """The mechanism tests/gpu/test_train_gpu.py's resume test uses, on CPU: the child blocks right after
+    the checkpoint of step 4 and says so in a marker file; it is SIGKILLed there (no timing involved) and a
+    new run resumes from checkpoint-4."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    exp = experiment(tiny_model_dir, max_steps=6, eval_steps=2)
+    paths = paths_for(task_splits, "killed")
+    marker = paths.checkpoints.parent / "saved.step"
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(models.__file__).parents[2])!r})
+        from pathlib import Path
+        from afinar.train.callbacks import BlockAfterSave
+        from afinar.train.training import TrainPaths, train
+        train(json.loads({json.dumps(json.dumps(exp.sections()))}), TrainPaths.for_experiment({str(task_splits["treino"].parents[1])!r}, "killed"),
+              extra_callbacks=[BlockAfterSave(4, Path({str(marker)!r}))], threads=1)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        while not marker.exists():  # a condition written by the child, not a guess at its speed
+            assert child.poll() is None, child.stderr.read()[-3000:]
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert marker.read_text() == "4" and child.returncode == -signal.SIGKILL
+    assert (paths.checkpoints / "checkpoint-4" / "trainer_state.json").is_file()
+    assert not paths.adapter.exists()
+
+    summary = train(exp, paths)
+    assert summary["retomado_de"].endswith("checkpoint-4") and summary["global_step"] == 6
 
 
 def test_full_finetuning_with_packing(tiny_model_dir, task_splits):

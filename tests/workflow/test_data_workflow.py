@@ -113,6 +113,9 @@ def test_dataset_mode_to_splits(workflow_copy: Path) -> None:
         (lambda c: c["treinamento"].update(learnig_rate=1e-4), "learning_rate"),
         (lambda c: c["pastas"]["divisao"].update(proporcao=[0.7, 0.1, 0.1]), "proporcao"),
         (lambda c: c["pastas"]["predicao"].update(pasta="nao/existe"), "nao/existe"),
+        (lambda c: c.update(experimentos={"..": {}}), "would write outside results/"),
+        (lambda c: c.update(experimentos={"logs": {}}), "one of results/'s own folders"),
+        (lambda c: c["predicao"].update(max_new_tokens=250), "predicao.max_new_tokens"),
     ],
 )
 def test_bad_config_is_one_line_before_any_job(workflow_copy: Path, edit, expected: str) -> None:
@@ -124,6 +127,16 @@ def test_bad_config_is_one_line_before_any_job(workflow_copy: Path, edit, expect
     assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (workflow_copy / "results").exists()
+
+
+def test_duplicate_key_in_the_config_file_names_both_lines(workflow_copy: Path) -> None:
+    relative = _write(workflow_copy, _config(workflow_copy))
+    path = workflow_copy / relative
+    path.write_text(path.read_text(encoding="utf-8") + "treinamento:\n  epochs: 9\n", encoding="utf-8")
+    proc = run_snakemake(workflow_copy, "-n", "--configfile", relative)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("afinar: error:")]
+    assert len(errors) == 1 and "key 'treinamento' repeats the one on line" in errors[0], proc.stderr[-2000:]
 
 
 def test_gpu_only_backend_with_no_gpu_resources_is_one_line(workflow_copy: Path) -> None:

@@ -85,6 +85,8 @@ def test_snakemake_report_html(demo: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (demo / "results" / "report.html").read_text(errors="replace")
     assert "grafico_loss.png" in html
+    # issue 13 item 11: the prediction memory chart and the report itself (as HTML, which it can show)
+    assert "memoria_predicao.png" in html and "relatorio.html" in html
 
 
 def test_nothing_to_do_after_a_complete_run(demo: Path) -> None:

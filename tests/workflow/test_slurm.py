@@ -10,6 +10,7 @@ The dry-run tests need no cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -166,3 +167,151 @@ def test_failed_slurm_job_shows_its_log_paths(cluster, tmp_path):
     slurm_logs = re.findall(r"\S*slurm_logs/rule_pair/\d+\.log", out)
     assert slurm_logs and Path(slurm_logs[0]).is_file(), out[-4000:]
     assert answers[0].name.removesuffix(".txt") in (wf / "results" / "logs" / "pair.log").read_text()
+
+
+# ------------------------------------------------------- what the plugin really submits (sbatch command lines)
+
+
+def sbatch_recorder(folder: Path) -> tuple[dict[str, str], Path]:
+    """An `sbatch` first on PATH that writes its command line to a file and refuses the job: the test
+    reads exactly what the executor plugin built, and nothing runs."""
+    folder.mkdir(parents=True)
+    record = folder / "sbatch-calls.txt"
+    shim = folder / "sbatch"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$*" >> {record}\n'
+        'echo "sbatch: error: refused by the test (command line recorded)" >&2\n'
+        "exit 1\n"
+    )
+    shim.chmod(0o755)
+    env = offline_env()
+    env["PATH"] = f"{folder}{os.pathsep}{env['PATH']}"
+    return env, record
+
+
+def cluster_profile(dest: Path, scale_to_node: bool) -> Path:
+    """profiles/slurm filled in for the test cluster (partition afinar, no account); with
+    ``scale_to_node`` its train/predict requests are lowered to what the test node has (2 CPUs)."""
+    text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    text = text.replace("<YOUR_GPU_PARTITION>", "afinar").replace("<YOUR_PARTITION>", "afinar")
+    text = re.sub(r"^  slurm_account:.*\n", "", text, flags=re.M)
+    if scale_to_node:
+        text = text.replace("cpus_per_gpu: 8", "cpus_per_gpu: 2").replace(
+            "cpus_per_gpu: 4", "cpus_per_gpu: 1"
+        )
+        text = re.sub(r"mem_mb: \d+", "mem_mb: 2000", text)
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(text)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def trained(cluster, tmp_path_factory):
+    """The demo trained locally for one step (no predictions yet): train and predict can be submitted."""
+    wf = copy_workflow(tmp_path_factory.mktemp("sbatch") / "wf")
+    cfg = yaml.safe_load((wf / "config" / "config.yaml").read_text())
+    cfg["treinamento"].update(max_steps=1, epochs=1)
+    cfg["predicao"].update(comparar_base=False)
+    (wf / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = snakemake(wf, "--cores", "2", "--until", "train", "--workflow-profile", "none", timeout_s=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return wf
+
+
+@pytest.mark.slurm
+def test_sbatch_gets_cpus_per_gpu_for_gpu_rules_and_threads_for_the_others(trained, tmp_path):
+    env, record = sbatch_recorder(tmp_path / "bin")
+    profile = cluster_profile(tmp_path / "profile", scale_to_node=True)
+    calls = {}
+    for rule, extra in (
+        ("predict", []),
+        ("train", ["--forcerun", "train"]),
+        ("pair", ["--forcerun", "pair"]),
+    ):
+        record.unlink(missing_ok=True)
+        cmd = ["timeout", "-s", "KILL", "300", str(BIN / "snakemake"), "--profile", str(profile)]
+        cmd += ["--sdm", "env-modules", "--until", rule, *extra]
+        proc = subprocess.run(
+            cmd, cwd=trained, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.returncode != 0 and record.is_file(), proc.stdout[-3000:]
+        calls[rule] = next(line for line in record.read_text().splitlines() if f"rule_{rule}" in line)
+    assert "--cpus-per-gpu=2" in calls["train"] and "--gpus=1" in calls["train"], calls["train"]
+    assert "--cpus-per-task" not in calls["train"], calls["train"]
+    assert "--signal=B:USR1@300" in calls["train"], calls["train"]
+    assert "--cpus-per-gpu=1" in calls["predict"] and "--cpus-per-task" not in calls["predict"], calls[
+        "predict"
+    ]
+    assert "--cpus-per-task=1" in calls["pair"] and "--gpus" not in calls["pair"], calls["pair"]
+    assert "-p afinar" in calls["train"] or "-p 'afinar'" in calls["train"], calls["train"]
+
+
+@pytest.mark.slurm
+def test_jobs_bigger_than_every_node_are_refused_before_submission(trained, tmp_path):
+    """Bad input: the shipped requests (train 64 GB, 8 CPUs) on the 2-CPU test node → one line naming the
+    profile copy that was used, before anything is submitted."""
+    env, record = sbatch_recorder(tmp_path / "bin")
+    profile = cluster_profile(tmp_path / "my-profile", scale_to_node=False)
+    cmd = ["timeout", "-s", "KILL", "300", str(BIN / "snakemake"), "--profile", str(profile)]
+    cmd += ["--sdm", "env-modules", "--until", "train", "--forcerun", "train"]
+    proc = subprocess.run(
+        cmd, cwd=trained, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.returncode != 0
+    line = next((x for x in proc.stdout.splitlines() if "afinar: error:" in x), "")
+    assert "my-profile/config.yaml: rule train asks mem_mb=64000, 8 CPUs, 1 GPUs" in line, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout
+    assert not record.exists()  # nothing reached sbatch
+
+
+# ------------------------------------------------------------- a time limit shorter than the training
+
+
+def time_limited_profile(dest: Path) -> Path:
+    """The test profile with a 2-minute train job that is also signalled (as profiles/slurm does) 30 s
+    before its limit, and one torch thread (the test node has 2 CPUs shared by every job)."""
+    profile = yaml.safe_load((TEST_PROFILE / "config.yaml").read_text())
+    profile["set-resources"]["train"].update(runtime=2, slurm_extra="'--signal=B:USR1@30'")
+    profile["set-threads"] = {"train": 1}
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest
+
+
+@pytest.mark.slurm
+def test_training_longer_than_its_time_limit_finishes_over_retries(cluster, tmp_path):
+    """100 steps need more than one 2-minute job on this machine (about 1 s per step under load, 20-40 s
+    to start): each attempt checkpoints before the limit (SIGTERM from the signalled job, or the job's
+    end time read from squeue), fails, is resubmitted by --retries and resumes where the last stopped."""
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = smoke_config(wf, max_steps=100, epochs=20, eval_steps=25, checkpoint_minutos=0)
+    profile = time_limited_profile(tmp_path / "profile")
+    proc = snakemake(
+        wf, "--profile", str(profile), "--until", "train", "--configfile", cfg, "--retries", "10"
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((wf / "results" / "demo" / "metrics_summary.json").read_text())
+    assert summary["global_step"] == 100
+
+    log = (wf / "results" / "logs" / "train" / "demo.log").read_text()
+    attempts = re.split(r"^===== afinar: attempt \d+ .*=====$", log, flags=re.M)[1:]
+    assert len(attempts) >= 2, "the training fit in one time limit: the test needs it to be cut"
+    stopped = [
+        int(m.group(1))
+        for a in attempts[:-1]
+        for m in [re.search(r"training stopped by .* at step (\d+)/", a)]
+        if m
+    ]
+    assert len(stopped) == len(attempts) - 1, log[-4000:]  # every cut attempt wrote its checkpoint first
+    resumed = [
+        int(m.group(1))
+        for a in attempts[1:]
+        for m in [re.search(r"resuming from \S+checkpoint-(\d+) ", a)]
+        if m
+    ]
+    assert resumed == stopped, (resumed, stopped)  # each attempt starts where the previous one stopped
+    assert 0 < stopped[0] and stopped == sorted(set(stopped)) and stopped[-1] < 100  # progress every time
+    submitted = re.findall(r"SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_train/", out)
+    assert len(submitted) == len(attempts), out[-4000:]

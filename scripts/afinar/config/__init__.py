@@ -23,13 +23,16 @@ from typing import Any
 
 from afinar.config.aliases import SPLIT_NAMES, _infer_input_type, _translate, parse_proporcao
 from afinar.config.checks import _check_semantics, check_env, check_paths
-from afinar.config.common import SPLITS, _as_mapping, _flatten, _get, _kind, _Problems
+from afinar.config.common import _as_mapping, _flatten, _get, _kind, _Problems
 from afinar.config.experiments import (
     EXPERIMENT_NAME,
     EXPERIMENT_SECTIONS,
     _experiment_overrides,
     default_experiment_name,
+    experiment_id,
+    experiment_names,
     experiments,
+    name_problem,
 )
 from afinar.config.reading import SCHEMA_PATH, load_schema, read_yaml
 from afinar.config.schema import (
@@ -40,6 +43,7 @@ from afinar.config.schema import (
     _validate_schema,
     suggest_key,
 )
+from afinar.layout import SPLITS
 
 __all__ = [
     "EXPERIMENT_NAME",
@@ -50,6 +54,8 @@ __all__ = [
     "check_env",
     "check_paths",
     "default_experiment_name",
+    "experiment_id",
+    "experiment_names",
     "experiments",
     "load_config",
     "load_schema",
@@ -164,8 +170,9 @@ def summary(cfg: dict) -> str:
         f"predicao: batch {pr['batch_size']} | max_new_tokens {pr['max_new_tokens']} | temperatura "
         f"{pr['temperatura']:g} | n_exemplos {pr['n_exemplos'] or 'todos'}"
     )
-    exps = experiments(cfg)
-    lines.append(f"experimentos ({len(exps)}): {', '.join(exps)}")
+    names = experiment_names(cfg)
+    shown = [name if name == ident else f"{name} → results/{ident}/" for ident, name in names.items()]
+    lines.append(f"experimentos ({len(names)}): {', '.join(shown)}")
     for name, override in (cfg.get("experimentos") or {}).items():
         changed = ", ".join(f"{path}={value}" for path, value in _flatten(override))
         lines.append(f"  {name}: {changed or '(sem alterações)'}")
@@ -208,13 +215,10 @@ def _normalize(raw: Any, base_dir: str | Path, found: _Problems) -> tuple[dict |
     _check_semantics(cfg, "", found)
 
     cfg["experimentos"] = _experiment_overrides(cfg, overrides, schema, found)
-    if not cfg["experimentos"]:
-        name = default_experiment_name(cfg)
-        if not EXPERIMENT_NAME.match(name):
-            found.add(
-                f"modelo.saida: its last component '{name}' names the experiment (results/<name>/) and may only "
-                "use letters, digits, '.', '-' and '_' — rename it"
-            )
+    if not cfg["experimentos"] and not overrides:
+        problem = name_problem(default_experiment_name(cfg), "modelo.saida")
+        if problem:
+            found.add(problem + " (its last component names the experiment)")
     if str(base_dir) not in ("", "."):
         _reroot(cfg, Path(base_dir))
     return cfg, found

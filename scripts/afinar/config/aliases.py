@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 from typing import Any
 
-from afinar.config.common import SPLITS, _as_mapping, _kind, _number, _Problems
+from afinar.config.common import _as_mapping, _kind, _number, _Problems
 from afinar.errors import AfinarError
+from afinar.layout import SPLITS
 
 log = logging.getLogger("afinar.config")
+
+# The original tool's default mask was the regex ``^(.+)\.txt$`` used as a glob, which matches nothing
+# (bug B5). Regexes of that shape ("any name, then an extension") are translated to the glob they meant.
+_REGEX_ANY_NAME_EXT = re.compile(r"^\^?\(?\.[*+]\)?\\\.([A-Za-z0-9_]+)\$?$")
+_REGEX_MARKERS = ("^", "$", "\\", "(", ")", "+", ".*", "|", "{")
 
 SPLIT_NAMES = {
     "treino": "treino",
@@ -219,14 +226,16 @@ def _infer_input_type(cfg: dict) -> None:
         log.info("formatos.tipo_entrada not set: using %s", inferred)
 
 
-def _eval_steps(value: Any, where: str, found: _Problems) -> Any:
-    """``"15%"`` (kept as text), an integer, or a numeric string (→ int); anything else is a problem."""
+def parse_eval_steps(value: Any, where: str = "treinamento.eval_steps") -> int | str:
+    """``"15%"`` (kept as text, normalized), an integer, or a numeric string (→ int); else an AfinarError.
+
+    The one reading of ``eval_steps``: the config normalizes with it, training resolves with it."""
+    expected = "expected steps (e.g. 50) or a percentage of the run's steps (e.g. '15%')"
     if isinstance(value, bool):
-        found.add(
-            f"{where}: got {value!r} — expected steps (e.g. 50) or a percentage of the run's steps (e.g. '15%')"
-        )
-        return value
+        raise AfinarError(f"{where}: got {value!r} — {expected}")
     if isinstance(value, int):
+        if value < 0:
+            raise AfinarError(f"{where}: got {value!r} — {expected}, not negative")
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -234,22 +243,53 @@ def _eval_steps(value: Any, where: str, found: _Problems) -> Any:
     if re.fullmatch(r"\d+(\.\d+)?%", text):
         percent = float(text[:-1])
         if not 0 <= percent <= 100:
-            found.add(f"{where}: {text} — a percentage of the run's steps must be between 0% and 100%")
+            raise AfinarError(
+                f"{where}: {text} — a percentage of the run's steps must be between 0% and 100%"
+            )
         return f"{percent:g}%"
     if re.fullmatch(r"\d+", text):
         return int(text)
-    found.add(
-        f"{where}: got {value!r} — expected steps (e.g. 50) or a percentage of the run's steps (e.g. '15%')"
-    )
-    return value
+    raise AfinarError(f"{where}: got {value!r} — {expected}")
+
+
+def _eval_steps(value: Any, where: str, found: _Problems) -> Any:
+    try:
+        return parse_eval_steps(value, where)
+    except AfinarError as exc:
+        found.add(str(exc))
+        return value
+
+
+def glob_mask(mask: str, key: str) -> str:
+    """The shell glob to list files with, translating the original's regex default (bug B5).
+
+    ``^(.+)\\.txt$`` (and the same shape with another extension) becomes ``*.txt`` with a warning; any
+    other mask that looks like a regular expression, or that reaches into subfolders, is an error,
+    because guessing what a regex meant would silently pick the wrong files. Pairing lists files with
+    the same function.
+    """
+    mask = (mask or "").strip() or "*.txt"
+    match = _REGEX_ANY_NAME_EXT.match(mask)
+    if match:
+        glob = f"*.{match.group(1)}"
+        log.warning("%s: %r is a regular expression; using the glob %r it stands for", key, mask, glob)
+        return glob
+    if "/" in mask or os.sep in mask:
+        raise AfinarError(
+            f"{key}: mask {mask!r} names a subfolder — masks match file names in the folder itself "
+            "(non-recursive); point pasta at the subfolder instead"
+        )
+    if any(marker in mask for marker in _REGEX_MARKERS):
+        raise AfinarError(
+            f"{key}: mask {mask!r} looks like a regular expression — masks are shell globs such as '*.txt' "
+            "or 'doc_*.txt'"
+        )
+    return mask
 
 
 def _glob_mask(mask: str, where: str, found: _Problems) -> str:
-    """The seed's default masks were regexes used as globs (bug B5): translate ``^(.+)\\.txt$`` to ``*.txt``."""
-    m = re.fullmatch(r"\^\(\.[+*]\)\\\.([A-Za-z0-9]+)\$", mask.strip())
-    if m:
-        log.warning("%s: regex %r read as the glob '*.%s' — write the glob", where, mask, m.group(1))
-        return f"*.{m.group(1)}"
-    if mask.startswith("^") or mask.endswith("$"):
-        found.add(f"{where}: {mask!r} looks like a regular expression — masks are globs, e.g. '*.txt'")
-    return mask
+    try:
+        return glob_mask(mask, where)
+    except AfinarError as exc:
+        found.add(str(exc))
+        return mask

@@ -8,11 +8,17 @@ the files its rules produce exist.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
-from afinar.config.common import MISSING_BASE, SPLITS, _get, _Problems
+from afinar.config.common import MISSING_BASE, _get, _Problems
+from afinar.layout import SPLITS
 
 PROPORTION_TOLERANCE = 0.01
+#: the fewest prompt tokens generation may be left with (max_seq_length - max_new_tokens)
+MIN_PROMPT_TOKENS = 16
+GGUF_TYPE = re.compile(r"[a-z0-9_]+")
 
 
 def _check_semantics(cfg: dict, prefix: str, found: _Problems) -> None:
@@ -43,6 +49,45 @@ def check_experiment(cfg: dict, prefix: str, found: _Problems) -> None:
             f"{prefix}treinamento.filtro_tokens.max_tokens: {max_tokens} exceeds treinamento.max_seq_length "
             f"({max_seq}) — lower it or raise max_seq_length"
         )
+    if t.get("paciencia") and t.get("eval_steps") in (0, "0%"):
+        found.add(
+            f"{prefix}treinamento.paciencia: early stopping needs evaluations, but eval_steps is 0 — set eval_steps"
+        )
+    problem = prompt_room_problem(max_seq, cfg.get("predicao", {}).get("max_new_tokens"), prefix)
+    if problem:
+        found.add(problem)
+
+
+def prompt_room_problem(max_seq_length: Any, max_new_tokens: Any, prefix: str = "") -> str | None:
+    """Generation keeps prompt + answer within max_seq_length: too little room left for the prompt is an
+    error here, at validate time, rather than in the predict job after training has finished."""
+    if not isinstance(max_seq_length, int) or not isinstance(max_new_tokens, int):
+        return None
+    room = max_seq_length - max_new_tokens
+    if room >= MIN_PROMPT_TOKENS:
+        return None
+    return (
+        f"{prefix}predicao.max_new_tokens: {max_new_tokens} leaves {room} prompt tokens within "
+        f"treinamento.max_seq_length {max_seq_length} (at least {MIN_PROMPT_TOKENS} needed) — lower max_new_tokens "
+        "or raise max_seq_length"
+    )
+
+
+def entrada_problems(entrada: dict[str, Any]) -> list[str]:
+    """Where the inputs come from: a folder, or a parquet file with its text and id columns (pairing
+    raises the first of these too, for callers that skip the config layer)."""
+    out = []
+    dataframe = str(entrada.get("dataframe") or "").strip()
+    if not str(entrada.get("pasta") or "").strip() and not dataframe:
+        out.append(
+            "pastas.entrada: neither pasta nor dataframe is set — give the folder of input files (pasta) or a "
+            "parquet file (dataframe, dataframe_col, dataframe_id)"
+        )
+    if dataframe:
+        for key in ("dataframe_col", "dataframe_id"):
+            if not entrada.get(key):
+                out.append(f"pastas.entrada.{key}: required with entrada.dataframe — name the parquet column")
+    return out
 
 
 def _check_data(cfg: dict, found: _Problems) -> None:
@@ -64,6 +109,12 @@ def _check_data(cfg: dict, found: _Problems) -> None:
                 )
             if prop["treino"] <= 0:
                 found.add("pastas.divisao.proporcao.treino: must be above 0 — nothing would be trained")
+            arquivo = p["divisao"]["arquivo"]
+            if prop["teste"] <= 0 and not (arquivo and Path(arquivo).is_file()):
+                found.add(
+                    "pastas.divisao.proporcao.teste: 0 leaves the test split empty, and predictions and evaluation "
+                    "need test records — give teste a share (e.g. 0.2)"
+                )
             if cfg["treinamento"]["paciencia"] and prop["validacao"] <= 0:
                 found.add(
                     "treinamento.paciencia: early stopping needs a validation split, but proporcao.validacao is 0 — "
@@ -72,14 +123,8 @@ def _check_data(cfg: dict, found: _Problems) -> None:
         if not p["predicao"]["pasta"]:
             found.add("pastas.predicao.pasta: empty — set the folder of expected-output files")
         e = p["entrada"]
-        if not e["pasta"] and not e["dataframe"]:
-            found.add("pastas.entrada: neither pasta nor dataframe is set — give the folder of input files")
-        if e["dataframe"]:
-            for key in ("dataframe_col", "dataframe_id"):
-                if not e[key]:
-                    found.add(
-                        f"pastas.entrada.{key}: required with entrada.dataframe — name the parquet column"
-                    )
+        for problem in entrada_problems(e):
+            found.add(problem)
         if e["prompt_template"] and not e["tag_texto"]:
             found.add(
                 "pastas.entrada.tag_texto: empty while prompt_template is set — name the placeholder the text "
@@ -99,10 +144,9 @@ def _check_data(cfg: dict, found: _Problems) -> None:
             found.add(
                 "treinamento.paciencia: early stopping needs a validation set — set dataset.eval_file or paciencia: null"
             )
-    if cfg["treinamento"]["paciencia"] and cfg["treinamento"]["eval_steps"] in (0, "0%"):
-        found.add(
-            "treinamento.paciencia: early stopping needs evaluations, but eval_steps is 0 — set eval_steps"
-        )
+    gguf = str(cfg["exportacao"]["gguf"] or "").strip().lower()
+    if gguf and not GGUF_TYPE.fullmatch(gguf):
+        found.add(f"exportacao.gguf: {gguf!r} is not a GGUF type — use q8_0, f16, bf16, f32 or q4_k_m")
 
 
 def check_paths(cfg: dict) -> list[str]:
@@ -121,7 +165,8 @@ def check_paths(cfg: dict) -> list[str]:
         ok = p.is_dir() if kind == "folder" else p.is_file()
         if not ok:
             what = "not a folder" if p.exists() else "does not exist"
-            found.append(f"{'.'.join(keys)}: {kind} '{value}' {what} — {hint}")
+            where = "" if p.is_absolute() else f" (relative to {Path.cwd()})"
+            found.append(f"{'.'.join(keys)}: {kind} '{value}'{where} {what} — {hint}")
 
     if cfg["formatos"]["tipo_entrada"] == "pastas":
         need(("pastas", "predicao", "pasta"), "folder", "point it to the folder of expected-output files")

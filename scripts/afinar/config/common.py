@@ -9,7 +9,6 @@ from typing import Any
 
 from afinar.errors import AfinarError
 
-SPLITS = ("treino", "validacao", "teste")
 MISSING_BASE = (
     "modelo.base: missing — set the base model (a Hugging Face id or a local folder; alias base_model_name)"
 )

@@ -13,6 +13,7 @@ answers and the CLI never prompts without a terminal.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from afinar.config import SPLIT_NAMES, SPLITS, load_schema, parse_proporcao, suggest_key
 from afinar.errors import AfinarError
 from afinar.io import atomic_write_text
+from afinar.preflight import looks_like_path, model_source, resolved
 
 Ask = Callable[[str, str], str]
 Out = Callable[[str], None]
@@ -40,6 +42,7 @@ PRESETS = (
     "unsloth/DeepSeek-R1-Distill-Qwen-7B",
 )
 MAX_SEQ_SANE, BATCH_SANE = 8192, 8
+ATTEMPTS = 3  # wrong answers in a row before giving up (a script feeding the same answer must not loop)
 YES = {"s", "sim", "y", "yes"}
 
 
@@ -61,7 +64,14 @@ def create_template(path: Path, ask: Ask, out: Out = print) -> bool:
     mode = ask("Input mode: pastas (folders of files) or dataset (ready files)?", "pastas").strip().lower()
     if mode not in ("pastas", "dataset"):
         raise AfinarError(f"{mode!r}: answer pastas or dataset")
+    answers = _choose(
+        ask,
+        "Answer format: json (each expected answer is a JSON object) or texto (plain text)?",
+        "json" if mode == "pastas" else "texto",
+        ("json", "texto"),
+    )
     text = (TEMPLATES / f"config_{mode}.yaml").read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^(  formato_saida: )(json|texto)( *)", rf"\g<1>{answers}\g<3>", text, count=1)
     atomic_write_text(path, text)
     out(f"template written: {path} — now the values it still needs")
     return True
@@ -150,11 +160,20 @@ def _fix_base_model(doc: CommentedMap, ask: Ask, out: Out, changes: list[str]) -
         "modelo.base is missing. Presets:\n"
         + "\n".join(f"  {i}. {name}" for i, name in enumerate(PRESETS, 1))
     )
-    answer = ask("Base model (number, Hugging Face id or local folder)", "1").strip()
-    value = PRESETS[int(answer) - 1] if answer.isdigit() and 1 <= int(answer) <= len(PRESETS) else answer
-    if value:
+    for _ in range(ATTEMPTS):
+        answer = ask("Base model (number, Hugging Face id or local folder)", "1").strip()
+        value = PRESETS[int(answer) - 1] if answer.isdigit() and 1 <= int(answer) <= len(PRESETS) else answer
+        if not value:
+            return
+        if looks_like_path(value) and not Path(value).expanduser().is_dir():
+            out(f"  folder {resolved(value)} does not exist — give another one (or a Hugging Face id)")
+            continue
         modelo[key] = value
         changes.append(f"modelo.{key} = {value}")
+        if not looks_like_path(value):
+            out(f"  {model_source(value).detail}")
+        return
+    raise AfinarError(f"modelo.{key}: {ATTEMPTS} answers were not existing folders — nothing saved")
 
 
 def _fix_folders(doc: CommentedMap, ask: Ask, out: Out, changes: list[str]) -> None:
@@ -180,7 +199,7 @@ def _fix_folders(doc: CommentedMap, ask: Ask, out: Out, changes: list[str]) -> N
             f"pastas.{sub}.pasta ({what}) {state}: [n]ew path, [c]reate it empty, [i]gnore", "i"
         ).lower()
         if choice.startswith("n"):
-            new = ask(f"pastas.{sub}.pasta", folder).strip()
+            new = _ask_existing(ask, out, f"pastas.{sub}.pasta", folder, "folder")
             block["pasta"] = new
             changes.append(f"pastas.{sub}.pasta = {new}")
         elif choice.startswith("c") and folder:
@@ -201,7 +220,7 @@ def _fix_template(doc: CommentedMap, ask: Ask, out: Out, changes: list[str]) -> 
         f"prompt_template '{template}' does not exist: [n]ew path, [r]emove template and tag, [i]gnore", "i"
     ).lower()
     if choice.startswith("n"):
-        new = ask("pastas.entrada.prompt_template", template).strip()
+        new = _ask_existing(ask, out, "pastas.entrada.prompt_template", template, "file")
         entrada["prompt_template"] = new
         changes.append(f"pastas.entrada.prompt_template = {new}")
     elif choice.startswith("r"):
@@ -258,6 +277,29 @@ def _fix_sizes(doc: CommentedMap, ask: Ask, changes: list[str]) -> None:
 # --------------------------------------------------------------------------------------------- helpers
 
 
+def _ask_existing(ask: Ask, out: Out, key: str, default: str, kind: str) -> str:
+    """Ask for a path until it exists (a folder or a file); after ATTEMPTS wrong answers nothing is saved.
+
+    The original saved whatever was typed, so a typo became a config that failed at the next run.
+    """
+    for _ in range(ATTEMPTS):
+        answer = ask(key, default).strip()
+        path = Path(answer).expanduser()
+        if answer and (path.is_dir() if kind == "folder" else path.is_file()):
+            return answer
+        what = "is empty" if not answer else f"{resolved(answer)} is not an existing {kind}"
+        out(f"  {key}: {what} — try again")
+        default = ""
+    raise AfinarError(f"{key}: {ATTEMPTS} answers were not an existing {kind} — nothing saved")
+
+
+def _choose(ask: Ask, question: str, default: str, options: tuple[str, ...]) -> str:
+    answer = ask(question, default).strip().lower()
+    if answer not in options:
+        raise AfinarError(f"{answer!r}: answer {' or '.join(options)}")
+    return answer
+
+
 def _yaml() -> YAML:
     yaml = YAML()  # round-trip: comments, order and quotes are kept
     yaml.preserve_quotes = True
@@ -269,7 +311,8 @@ def _yaml() -> YAML:
 def _section(node: CommentedMap, key: str) -> CommentedMap:
     if not isinstance(node.get(key), dict):
         node[key] = CommentedMap()
-    return node[key]
+    section: CommentedMap = node[key]
+    return section
 
 
 def _rename(node: CommentedMap, old: str, new: str) -> None:
@@ -313,9 +356,9 @@ def _same_form(original: Any, values: dict[str, float]) -> Any:
         return out
     if isinstance(original, dict):
         for key in list(original):
-            split = _canonical(str(key))
-            if split:
-                original[key] = values[split]
+            canonical = _canonical(str(key))
+            if canonical:
+                original[key] = values[canonical]
         for split in SPLITS:
             if not any(_canonical(str(k)) == split for k in original):
                 original[split] = values[split]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -11,6 +12,32 @@ from afinar.config.common import _kind
 from afinar.errors import AfinarError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schema.yaml"
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (YAML keeps the last one silently)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"{key!r} appears twice")
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys: a second ``treinamento:`` block would otherwise
+    replace the first entirely, without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -30,7 +57,12 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as exc:
         raise AfinarError(f"{path}: not UTF-8 text ({exc.reason}) — save the file as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as exc:
+        raise AfinarError(
+            f"{path}: line {exc.second}: key {exc.key!r} repeats the one on line {exc.first} (YAML would keep only "
+            "the last) — merge the two into one"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -46,7 +78,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 @lru_cache(maxsize=1)
-def load_schema() -> dict:
+def load_schema() -> dict[str, Any]:
     """The JSON Schema of the canonical config (config/schema.yaml), parsed once per process."""
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        schema: dict[str, Any] = yaml.safe_load(fh)
+    return schema

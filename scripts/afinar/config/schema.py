@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from typing import Any
 
 from afinar.config.aliases import HINTS, SECTION_ALIASES
-from afinar.config.common import MISSING_BASE, SPLITS, _number, _Problems, _show
+from afinar.config.common import MISSING_BASE, _number, _Problems, _show
 from afinar.config.reading import SCHEMA_PATH, load_schema
+from afinar.layout import SPLITS
 
 TRUE_WORDS = {"true", "sim", "s", "yes", "y", "1", "on", "verdadeiro"}
 FALSE_WORDS = {"false", "nao", "não", "n", "no", "0", "off", "falso"}
@@ -92,6 +94,11 @@ def _coerce(data: dict, schema: dict, prefix: str, found: _Problems) -> None:
         path = f"{prefix}{key}"
         if isinstance(value, dict) and "properties" in sub:
             _coerce(value, sub, f"{path}.", found)
+            continue
+        if isinstance(value, float) and not math.isfinite(value):  # YAML's .nan/.inf pass every bound check
+            example = f" such as {sub['default']}" if isinstance(sub.get("default"), int | float) else ""
+            found.add(f"{path}: {value} is not a finite number — write a number{example}")
+            data.pop(key)
             continue
         types = sub.get("type", [])
         types = [types] if isinstance(types, str) else list(types)
@@ -181,7 +188,7 @@ def _property_schema(error: Any) -> dict:
         elif isinstance(node.get("additionalProperties"), dict):
             node = node["additionalProperties"]
         else:
-            return error.schema
+            return dict(error.schema)
     return node
 
 
@@ -245,6 +252,10 @@ def _finish(cfg: dict) -> None:
     t = cfg.get("treinamento", {})
     if isinstance(t.get("learning_rate"), int):
         t["learning_rate"] = float(t["learning_rate"])
+    validacao = cfg.get("pastas", {}).get("validacao")
+    if isinstance(validacao, dict) and validacao.get("exigir_json_valido") is None:
+        # formato_saida is the one switch: plain-text answers need no JSON unless asked (issue 13)
+        validacao["exigir_json_valido"] = cfg.get("formatos", {}).get("formato_saida") == "json"
 
 
 def _order(data: dict, schema: dict) -> None:

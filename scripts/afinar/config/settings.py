@@ -55,6 +55,7 @@ class TrainSettings:
     eval_steps: int | str
     save_checkpoints: bool
     resume_from_checkpoint: bool
+    checkpoint_minutos: float
     nbits: int
     seed: int
     train_on_responses_only: bool
@@ -173,6 +174,7 @@ def experiment_from_partial(sections: Mapping[str, Any], name: str = "experiment
     from afinar.config.schema import _check_unknown, _coerce, _finish, _validate_schema
 
     raw = {key: dict(value or {}) for key, value in sections.items()}
+    with_predicao = "predicao" in raw
     found = _Problems(collect=False)
     schema = load_schema()
     _translate(raw, "", found)
@@ -180,7 +182,8 @@ def experiment_from_partial(sections: Mapping[str, Any], name: str = "experiment
     _coerce(raw, schema, "", found)
     _validate_schema(raw, "", found)
     _finish(raw)
-    check_experiment(raw, "", found)
+    # without predicao the caller only trains: its defaults are not checked against max_seq_length
+    check_experiment(raw if with_predicao else {k: v for k, v in raw.items() if k != "predicao"}, "", found)
     return Experiment.from_sections(name, raw)
 
 

@@ -131,6 +131,8 @@ def decrypt_texts(tokens: Sequence[str | None], fernet: Fernet) -> tuple[list[st
     decrypt = fernet.decrypt
     for pos, token in enumerate(tokens):
         try:
+            if token is None:
+                raise TypeError("no token")
             plain.append(decrypt(token).decode("utf-8"))
         except (InvalidToken, TypeError, ValueError, UnicodeDecodeError):
             plain.append(None)

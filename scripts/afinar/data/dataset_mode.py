@@ -43,6 +43,7 @@ from afinar.data.splits import (
     write_outputs,
 )
 from afinar.errors import AfinarError
+from afinar.preflight import resolved
 
 log = logging.getLogger("afinar.data.dataset_mode")
 
@@ -79,7 +80,8 @@ class Records:
 
 def _read_parquet(path: Path, key: str) -> list[dict[str, Any]]:
     try:
-        return pq.read_table(path).to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
     except (pa.ArrowException, OSError) as exc:
         raise AfinarError(
             f"{key} {str(path)!r}: not a readable parquet file ({exc}) — re-export it"
@@ -113,7 +115,7 @@ def _read_json(path: Path, key: str) -> list[dict[str, Any]]:
     if not text.lstrip().startswith("["):
         return _read_json_lines(path, key, text)
     try:
-        rows = json.loads(text)
+        rows: list[dict[str, Any]] = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AfinarError(
             f"{key} {str(path)!r}: not valid JSON ({exc.msg} at line {exc.lineno}) — fix the file"
@@ -138,7 +140,7 @@ def read_rows(path: str | Path, key: str) -> list[dict[str, Any]]:
     """Rows of a dataset file, by extension; unknown extensions and missing files are user errors."""
     path = Path(path)
     if not path.is_file():
-        raise AfinarError(f"{key}: file {str(path)!r} does not exist — fix the path in the config")
+        raise AfinarError(f"{key}: file {resolved(str(path))} does not exist — fix the path in the config")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise AfinarError(
@@ -409,7 +411,9 @@ def open_hf_dataset(
     else:
         local = folder.is_dir()
         if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-            raise AfinarError(f"{HF_KEY}: folder {name} not found — fix the path or give a Hub dataset id")
+            raise AfinarError(
+                f"{HF_KEY}: folder {resolved(name)} not found — fix the path or give a Hub dataset id"
+            )
         try:
             builder = datasets.load_dataset_builder(
                 str(folder) if local else name, config or None, revision=revision or None, cache_dir=cache_dir

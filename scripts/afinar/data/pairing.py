@@ -15,7 +15,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from afinar.config.aliases import glob_mask as glob_mask  # the one mask rule (validate uses it too)
+from afinar.config.checks import entrada_problems
 from afinar.data.answers import normalize_answer
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
+from afinar.preflight import resolved
 
 log = logging.getLogger("afinar.data.pairing")
 
@@ -34,42 +36,11 @@ PAIRS_SCHEMA = pa.schema([("id", pa.string()), ("texto", pa.string()), ("respost
 PRIVATE_MODE = 0o600
 _SHOWN = 10  # ids quoted in a message before "(+N more)"
 
-# The original tool's default mask was the regex ``^(.+)\.txt$`` used as a glob, which matches nothing
-# (bug B5). Regexes of that shape ("any name, then an extension") are translated to the glob they meant.
-_REGEX_ANY_NAME_EXT = re.compile(r"^\^?\(?\.[*+]\)?\\\.([A-Za-z0-9_]+)\$?$")
-_REGEX_MARKERS = ("^", "$", "\\", "(", ")", "+", ".*", "|", "{")
-
 
 def format_ids(ids: list[str], shown: int = _SHOWN) -> str:
     """``a, b, c (+7 more)``: enough ids to find the problem without flooding a one-line message."""
     head = ", ".join(ids[:shown])
     return head + (f" (+{len(ids) - shown} more)" if len(ids) > shown else "")
-
-
-def glob_mask(mask: str, key: str) -> str:
-    """Return the shell glob to list files with, translating the original's regex default.
-
-    ``^(.+)\\.txt$`` (and the same shape with another extension) becomes ``*.txt`` with a warning;
-    any other mask that looks like a regular expression, or that reaches into subfolders, is an
-    error, because guessing what a regex meant would silently pick the wrong files.
-    """
-    mask = (mask or "").strip() or "*.txt"
-    match = _REGEX_ANY_NAME_EXT.match(mask)
-    if match:
-        glob = f"*.{match.group(1)}"
-        log.warning("%s: %r is a regular expression; using the glob %r it stands for", key, mask, glob)
-        return glob
-    if "/" in mask or os.sep in mask:
-        raise AfinarError(
-            f"{key}: mask {mask!r} names a subfolder — masks match file names in the folder itself "
-            "(non-recursive); point pasta at the subfolder instead"
-        )
-    if any(marker in mask for marker in _REGEX_MARKERS):
-        raise AfinarError(
-            f"{key}: mask {mask!r} looks like a regular expression — masks are shell globs such as '*.txt' "
-            "or 'doc_*.txt'"
-        )
-    return mask
 
 
 def file_id(path: str | Path) -> str:
@@ -95,7 +66,7 @@ def list_files(folder: str | Path, mask: str, key: str = "pastas", strict: bool 
         if not raw:
             raise AfinarError(f"{key}.pasta: not set — give the folder of files")
         what = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise AfinarError(f"{key}.pasta: {raw!r} {what} — fix the path in the config")
+        raise AfinarError(f"{key}.pasta: {resolved(raw)} {what} — fix the path in the config")
     hidden_ok = pattern.startswith(".")
     found = []
     with os.scandir(folder) as entries:
@@ -151,7 +122,7 @@ def read_input_frame(path: str | Path, text_col: str, id_col: str) -> dict[str, 
     key = "pastas.entrada.dataframe"
     path = Path(path)
     if not path.is_file():
-        raise AfinarError(f"{key}: file {str(path)!r} does not exist — fix the path in the config")
+        raise AfinarError(f"{key}: file {resolved(str(path))} does not exist — fix the path in the config")
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
@@ -205,7 +176,8 @@ def _texts_as_strings(column: pa.ChunkedArray) -> list[str | None]:
         return [None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()]
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         column = column.cast(pa.string())
-    return column.to_pylist()
+    texts: list[str | None] = column.to_pylist()
+    return texts
 
 
 @dataclass
@@ -255,23 +227,16 @@ def pair_records(
 ) -> PairingResult:
     """Pair inputs with expected answers per ``pastas.*`` (normalized config sections); raise on bad input."""
     dataframe = _dataframe_path(entrada)
+    problems = entrada_problems(entrada)  # the config check, for callers that skip load_config
+    if problems:
+        raise AfinarError(problems[0])
     answers_by_id = files_by_id(predicao["pasta"], predicao["mascara"], "pastas.predicao")
     if dataframe:
-        if not entrada["dataframe_col"] or not entrada["dataframe_id"]:
-            raise AfinarError(
-                "pastas.entrada: dataframe is set but dataframe_col and dataframe_id are not both set — "
-                "name the text column and the id column of the parquet file"
-            )
         frame_texts = read_input_frame(dataframe, entrada["dataframe_col"], entrada["dataframe_id"])
         input_ids: set[str] = set(frame_texts)
         input_files: dict[str, Path] = {}
         input_where = f"pastas.entrada.dataframe {dataframe!r}"
     else:
-        if not str(entrada["pasta"] or "").strip():
-            raise AfinarError(
-                "pastas.entrada: neither pasta nor dataframe is set — give the folder of input files "
-                "(pasta) or a parquet file (dataframe, dataframe_col, dataframe_id)"
-            )
         input_files = files_by_id(entrada["pasta"], entrada["mascara"], "pastas.entrada")
         frame_texts = {}
         input_ids = set(input_files)
@@ -319,8 +284,8 @@ def pair_records(
 
     if invalid and not validacao["skip_invalidos"]:
         raise AfinarError(
-            f"{len(invalid)} of {len(common)} pairs are invalid: {format_ids(invalid_files, 3)} — fix or remove "
-            "those files, or set pastas.validacao.skip_invalidos: true to skip them"
+            f"{len(invalid)} of {len(common)} pairs are invalid: {format_ids(invalid_files, 3)} — "
+            + invalid_hint([i["motivo"] for i in invalid], len(common), formatos)
         )
     if invalid:
         log.warning(
@@ -330,7 +295,8 @@ def pair_records(
         )
     if not ids:
         raise AfinarError(
-            f"all {len(common)} pairs are invalid (e.g. {format_ids(invalid_files, 3)}) — nothing left to train on"
+            f"all {len(common)} pairs are invalid (e.g. {format_ids(invalid_files, 3)}) — "
+            + invalid_hint([i["motivo"] for i in invalid], len(common), formatos)
         )
     if latin1:
         log.warning(
@@ -350,6 +316,34 @@ def pair_records(
     return PairingResult(
         ids, texts, answers, input_only, answer_only, invalid, latin1, len(input_ids), len(answer_ids)
     )
+
+
+def invalid_hint(reasons: list[str], n_pairs: int, formatos: dict[str, Any]) -> str:
+    """What to do about invalid answers, depending on how many fail and why.
+
+    A few bad files are fixed or skipped (``skip_invalidos``); but when most answers fail the same way
+    the setting is wrong, not the files, and skipping them would leave little or nothing to train on:
+    answers that are not JSON point to ``formato_saida`` / ``exigir_json_valido``, empty ones to the
+    folder and mask.
+    """
+    json_reasons = sum(1 for r in reasons if r.startswith(("not valid JSON", "JSON ")))
+    empty = sum(1 for r in reasons if r == "empty answer")
+    if 2 * json_reasons > n_pairs:
+        share = "all" if json_reasons == n_pairs else f"{json_reasons} of {n_pairs}"
+        if formatos.get("formato_saida", "json") == "json":
+            fix = (
+                "if they are plain text, set formatos.formato_saida: texto (and drop "
+                "pastas.validacao.exigir_json_valido: true if the config sets it)"
+            )
+        else:
+            fix = "set pastas.validacao.exigir_json_valido: false (or remove it: texto answers need no JSON)"
+        return f"{share} answers are not JSON objects: {fix}"
+    if 2 * empty > n_pairs:
+        return (
+            "most answer files are empty: check that pastas.predicao.pasta and mascara point to the expected "
+            "answers"
+        )
+    return "fix or remove those files, or set pastas.validacao.skip_invalidos: true to skip them"
 
 
 def _no_pairs_message(input_where: str, input_ids: list[str], answer_ids: list[str]) -> str:

@@ -26,13 +26,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from afinar import layout
 from afinar.data.pairing import PRIVATE_MODE, format_ids, read_text
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("afinar.data.splits")
 
-SPLITS = ("treino", "validacao", "teste")
+SPLITS = layout.SPLITS
 ID_COLUMN, LABEL_COLUMN = "id_arquivo", "alvo"
 PROTECTED_MODE = 0o444
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -75,12 +76,17 @@ class SplitOutputs:
         """The contract's file names inside ``folder``."""
         folder = Path(folder)
         return cls(
-            *(folder / f"{s}.parquet" for s in SPLITS), folder / "divisao.csv", folder / "divisao.json"
+            treino=folder / "treino.parquet",
+            validacao=folder / "validacao.parquet",
+            teste=folder / "teste.parquet",
+            divisao_csv=folder / "divisao.csv",
+            divisao_json=folder / "divisao.json",
         )
 
     def split_path(self, name: str) -> Path:
         """Path of one split's parquet."""
-        return getattr(self, name)
+        path: Path = getattr(self, name)
+        return path
 
 
 # --- assignment -------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from afinar.errors import AfinarError
-from afinar.io import atomic_path
+from afinar.io import atomic_dir, atomic_path
 
 log = logging.getLogger("afinar.export.gguf")
 
@@ -243,9 +243,7 @@ def fetch_converter(
 
 def extract_converter(sdist: Path, dest: Path) -> Path:
     """Extract ``vendor/llama.cpp/{convert_hf_to_gguf.py, conversion, gguf-py, LICENSE}`` from an sdist."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as staging:
         with tarfile.open(sdist) as tar:
             members = []
             for member in tar.getmembers():
@@ -258,14 +256,6 @@ def extract_converter(sdist: Path, dest: Path) -> Path:
             raise AfinarError(
                 f"{sdist}: no vendor/llama.cpp/{CONVERTER} with gguf-py inside — not a llama-cpp-python sdist"
             )
-        old = dest.with_name(f".{dest.name}.old")
-        if dest.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-        staging.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("llama.cpp converter installed in %s", dest)
     return dest
 

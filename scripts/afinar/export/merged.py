@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from afinar.errors import AfinarError
+from afinar.io import atomic_dir
 
 log = logging.getLogger("afinar.export.merged")
 
@@ -57,7 +55,8 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
     """A local model folder's config.json, or {} for a Hub name (not available offline here)."""
     config = Path(model_dir) / "config.json"
     if config.is_file():
-        return json.loads(config.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(config.read_text(encoding="utf-8"))
+        return data
     return {}
 
 
@@ -100,9 +99,7 @@ def merge_adapter(
     model.to(torch_dtype)
     tokenizer = _load_tokenizer(adapter if _has_tokenizer(adapter) else base_model)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         meta = {
@@ -114,9 +111,6 @@ def merge_adapter(
             "quantizacao_no_treino_descartada": trained_nbits in (4, 8),
         }
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("merged model (%s parameters, %s) written to %s", f"{n_params:,}", dtype, out)
     return out
@@ -187,19 +181,3 @@ def _load_tokenizer(source: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put folder ``new`` at ``target``, replacing an old one with two renames (never a half-copied folder).
-
-    ``mkdtemp`` made ``new`` private (0700); it gets the mode a plain ``mkdir`` would have given it.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(new, 0o777 & ~umask)
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

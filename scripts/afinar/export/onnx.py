@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from afinar.errors import AfinarError
-from afinar.export.merged import _replace_dir, is_quantized, read_model_config
+from afinar.export.merged import is_quantized, read_model_config
+from afinar.io import atomic_dir
 
 log = logging.getLogger("afinar.export.onnx")
 
@@ -85,9 +85,7 @@ def export_onnx(
     model.config.use_cache = False
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         opset = _export(model, tmp / ONNX_FILE, family, model_dir)
         result = validate_onnx(model, tokenizer, tmp / ONNX_FILE, family, opset, atol, rtol)
         if not result.ok:
@@ -101,9 +99,6 @@ def export_onnx(
                 shutil.copy2(model_dir / name, tmp / name)
         tokenizer.save_pretrained(tmp)
         (tmp / VALIDATION_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "ONNX model written to %s (max |Δlogit| %.2e, tolerance %.2e)",
         out,

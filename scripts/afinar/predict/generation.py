@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afinar.config.checks import prompt_room_problem
+from afinar.config.settings import section_defaults
 from afinar.errors import AfinarError
 
 log = logging.getLogger("afinar.predict.generation")
@@ -46,27 +48,33 @@ TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 # ----------------------------------------------------------------------------------------- settings
 
 
+#: defaults come from config/schema.yaml only (for callers that build settings by hand: tests, benchmarks)
+_PREDICAO = section_defaults("predicao")
+_MAX_SEQ_LENGTH = int(section_defaults("treinamento")["max_seq_length"])
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """What controls decoding; built from the experiment's ``predicao`` section and ``max_seq_length``."""
 
-    batch_size: int = 16
-    max_new_tokens: int = 512
-    temperatura: float = 0.0
-    top_p: float = 1.0
-    n_exemplos: int = 0
-    max_seq_length: int = 4096
+    batch_size: int = int(_PREDICAO["batch_size"])
+    max_new_tokens: int = int(_PREDICAO["max_new_tokens"])
+    temperatura: float = float(_PREDICAO["temperatura"])
+    top_p: float = float(_PREDICAO["top_p"])
+    n_exemplos: int = int(_PREDICAO["n_exemplos"])
+    max_seq_length: int = _MAX_SEQ_LENGTH
     seed: int = 0
 
     @classmethod
     def from_config(cls, predicao: dict[str, Any], max_seq_length: int, seed: int = 0) -> GenerationSettings:
-        """Read the normalized ``predicao`` section (keys of docs/architecture.md)."""
+        """Read the normalized ``predicao`` section (keys of docs/architecture.md); missing keys take the schema's defaults."""
+        p = {**_PREDICAO, **predicao}
         settings = cls(
-            batch_size=int(predicao.get("batch_size", cls.batch_size)),
-            max_new_tokens=int(predicao.get("max_new_tokens", cls.max_new_tokens)),
-            temperatura=float(predicao.get("temperatura", cls.temperatura) or 0.0),
-            top_p=float(predicao.get("top_p", cls.top_p) or 1.0),
-            n_exemplos=int(predicao.get("n_exemplos", 0) or 0),
+            batch_size=int(p["batch_size"]),
+            max_new_tokens=int(p["max_new_tokens"]),
+            temperatura=float(p["temperatura"] or 0.0),
+            top_p=float(p["top_p"]),
+            n_exemplos=int(p["n_exemplos"] or 0),
             max_seq_length=int(max_seq_length),
             seed=int(seed),
         )
@@ -91,12 +99,9 @@ class GenerationSettings:
             raise AfinarError(f"predicao.top_p: {self.top_p} — must be in (0, 1]")
         if self.temperatura < 0:
             raise AfinarError(f"predicao.temperatura: {self.temperatura} — must be 0 (greedy) or positive")
-        if self.max_prompt_tokens < 16:
-            raise AfinarError(
-                f"predicao.max_new_tokens: {self.max_new_tokens} leaves {self.max_prompt_tokens} prompt tokens "
-                f"within treinamento.max_seq_length {self.max_seq_length} — lower max_new_tokens or raise "
-                "max_seq_length"
-            )
+        problem = prompt_room_problem(self.max_seq_length, self.max_new_tokens)  # validate's own rule
+        if problem:
+            raise AfinarError(problem)
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -609,7 +614,7 @@ def load_for_inference(
             model, tokenizer = _load_base_unsloth(base, nbits, max_seq_length)
         else:
             model, tokenizer = _load_base_transformers(base, nbits, precisao), None
-        if kind == "lora":
+        if kind == "lora" and adapter_dir is not None:
             model = _attach_adapter(model, base, adapter_dir)
     if has_tokenizer:
         tokenizer = load_tokenizer(str(adapter_dir))

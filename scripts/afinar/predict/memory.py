@@ -17,7 +17,7 @@ from typing import Any
 log = logging.getLogger("afinar.predict.memory")
 
 SAMPLE_INTERVAL_S = 0.5
-TITLE = "Uso de Memória Durante Predições"
+TITLE = "Memory during prediction"  # English like every other chart (the seed titled it in Portuguese)
 
 
 def memory_sampler(path: str | Path, interval_s: float = SAMPLE_INTERVAL_S) -> Any:
@@ -29,7 +29,7 @@ def memory_sampler(path: str | Path, interval_s: float = SAMPLE_INTERVAL_S) -> A
 
 def read_samples(path: str | Path) -> list[dict]:
     """Rows of a memory JSONL; a torn last line (process killed mid-write) is skipped, not fatal."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     path = Path(path)
     if not path.exists():
         return rows
@@ -59,13 +59,13 @@ def plot_prediction_memory(jsonl: str | Path, png: str | Path) -> Path:
             ram = [float(r.get("ram_usada_gb") or 0.0) for r in rows]
             gpu = [float(r.get("gpu_usada_gb") or 0.0) for r in rows]
             n_gpus = max(int(r.get("num_gpus") or 0) for r in rows)
-            ax.plot(xs, ram, color="tab:blue", linewidth=1.8, label="RAM usada (sistema)")
+            ax.plot(xs, ram, color="tab:blue", linewidth=1.8, label="RAM used (machine)")
             ax.fill_between(xs, ram, color="tab:blue", alpha=0.15)
-            box = f"RAM máx: {max(ram):.2f} GB"
+            box = f"RAM peak: {max(ram):.2f} GB"
             if any(g > 0 for g in gpu):
-                ax.plot(xs, gpu, color="tab:red", linewidth=1.8, label=f"GPU reservada ({n_gpus} GPU)")
+                ax.plot(xs, gpu, color="tab:red", linewidth=1.8, label=f"GPU reserved ({n_gpus} GPU)")
                 ax.fill_between(xs, gpu, color="tab:red", alpha=0.15)
-                box += f"\nGPU máx: {max(gpu):.2f} GB ({n_gpus} GPU{'s' if n_gpus != 1 else ''})"
+                box += f"\nGPU peak: {max(gpu):.2f} GB ({n_gpus} GPU{'s' if n_gpus != 1 else ''})"
             ax.text(
                 0.01,
                 0.97,
@@ -83,7 +83,7 @@ def plot_prediction_memory(jsonl: str | Path, png: str | Path) -> Path:
             ax.text(
                 0.5,
                 0.5,
-                "Nenhuma amostra de memória registrada",
+                "No memory samples were recorded",
                 ha="center",
                 va="center",
                 transform=ax.transAxes,
@@ -91,8 +91,8 @@ def plot_prediction_memory(jsonl: str | Path, png: str | Path) -> Path:
                 color="0.4",
             )
         ax.set_title(TITLE, fontsize=13, fontweight="bold")
-        ax.set_xlabel("tempo desde o início (s)")
-        ax.set_ylabel("memória (GB)")
+        ax.set_xlabel("seconds since the start")
+        ax.set_ylabel("memory (GB)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         with atomic_path(png) as tmp:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from afinar import layout
 from afinar.errors import AfinarError
 
 log = logging.getLogger("afinar.predict.quick")
@@ -79,6 +80,9 @@ def format_example(i: int, n: int, item: dict[str, Any], width: int) -> str:
 def choose_experiment(exps: dict[str, dict], name: str | None) -> str:
     """The experiment to use: ``--exp`` or the only one; several without ``--exp`` is an error listing them."""
     if name:
+        from afinar.config import experiment_id
+
+        name = name if name in exps else experiment_id(name)  # the name as written, or its folder id
         if name not in exps:
             raise AfinarError(f"--exp {name}: no such experiment — choose one of: {', '.join(exps)}")
         return name
@@ -147,10 +151,10 @@ def run(
     exps = experiments(cfg)
     settings_cfg = exps[exp]
     results = Path(results)
-    test_split = results / "data" / "teste.parquet"
+    test_split = layout.split_file("teste", results)
     if not test_split.exists():
         raise AfinarError(f"{test_split}: test split not found — build it first: `snakemake {test_split}`")
-    adapter_dir = results / exp / "adapter"
+    adapter_dir = layout.exp_path(exp, layout.ADAPTER, results)
     if interactive is None:
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
     base_only = use_base_model(

@@ -27,6 +27,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from afinar import layout
 from afinar.errors import AfinarError  # noqa: E402
 from afinar.io import atomic_path, atomic_write_json  # noqa: E402
 
@@ -42,7 +43,7 @@ CHART_NAMES: tuple[str, ...] = (
 )
 """The fixed set of charts the ``charts`` rule declares and always writes."""
 
-SPLITS: tuple[str, ...] = ("treino", "validacao", "teste")
+SPLITS: tuple[str, ...] = layout.SPLITS
 SPLIT_LABELS = {"treino": "train", "validacao": "validation", "teste": "test"}
 SPLIT_COLORS = {"treino": "#1f77b4", "validacao": "#ff7f0e", "teste": "#2ca02c"}
 FINETUNED_COLOR = "#1f77b4"
@@ -112,7 +113,7 @@ def event_kind(row: dict) -> str:
     """
     for key in ("event", "evento", "tipo", "type"):
         if isinstance(row.get(key), str):
-            return row[key]
+            return str(row[key])
     if "total_time_seconds" in row or "final_epoch" in row:
         return "train_end"
     if "num_epochs" in row or "grad_accum_steps" in row:

@@ -65,7 +65,7 @@ def collect(files: ExperimentFiles) -> ExperimentResult:
     events = read_jsonl_lenient(files.training_metrics)
     seconds = summary.get("train_runtime")
     if seconds is None:
-        end = next((e for e in reversed(events) if event_kind(e) == "train_end"), {})
+        end: dict[str, Any] = next((e for e in reversed(events) if event_kind(e) == "train_end"), {})
         seconds = end.get("total_time_seconds")
     ram = [r["ram_processo_gb"] for r in samples if isinstance(r.get("ram_processo_gb"), int | float)]
     if not ram:
@@ -80,7 +80,7 @@ def collect(files: ExperimentFiles) -> ExperimentResult:
         train_seconds=seconds,
         peak_gpu_gb=peak_gpu_gb(samples),
         peak_ram_gb=max(ram) if ram else None,
-        trainable_params=info.get("trainable_params", info.get("trainable")),
+        trainable_params=info.get("treinaveis"),  # written by training.count_parameters
         config=files.config,
     )
 

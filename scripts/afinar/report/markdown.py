@@ -40,7 +40,30 @@ METRIC_LABELS: dict[str, str] = {
     "campos_micro_f1": "Fields micro-F1",
     "campos_macro_f1": "Fields macro-F1",
 }
-"""Display names of the test metrics, in the order the report lists them (others follow, by name)."""
+"""Headline test metrics (0 to 1, higher is better), in the order the report and the comparison list them."""
+
+DETAIL_LABELS: dict[str, str] = {
+    "rouge_l_precision": "ROUGE-L precision",
+    "rouge_l_recall": "ROUGE-L recall",
+    "json_exact_match": "JSON exact match (parsed objects equal)",
+    "campos_micro_precision": "Fields micro-precision",
+    "campos_micro_recall": "Fields micro-recall",
+    "campos_macro_precision": "Fields macro-precision",
+    "campos_macro_recall": "Fields macro-recall",
+}
+"""The other quality scores of metricas.json (0 to 1, with a gain over the base model)."""
+
+GENERATION_LABELS: dict[str, str] = {
+    "n": "records predicted",
+    "vazios": "empty answers",
+    "truncados": "prompts cut to fit max_seq_length",
+    "limite_atingido": "answers that hit max_new_tokens",
+    "tokens_prompt_medio": "prompt tokens (mean)",
+    "tokens_saida_medio": "generated tokens (mean)",
+    "segundos_total": "generation time (s)",
+    "tokens_por_segundo": "generated tokens / second",
+}
+"""Counts and speed of the generation: not scores, so they get their own table and no "gain"."""
 
 CHART_TITLES: dict[str, str] = {
     "grafico_loss.png": "Training and validation loss",
@@ -138,15 +161,16 @@ def training_section(events: list[dict], summary: dict) -> dict[str, Any]:
     """Runtime, steps, losses and trainable parameters, from metrics_summary.json and the event log."""
     from afinar.report.charts import event_kind, series
 
-    end = next((e for e in reversed(events) if event_kind(e) == "train_end"), {})
-    begin = next((e for e in events if event_kind(e) == "train_begin"), {})
+    end: dict[str, Any] = next((e for e in reversed(events) if event_kind(e) == "train_end"), {})
+    begin: dict[str, Any] = next((e for e in events if event_kind(e) == "train_begin"), {})
     _, eval_losses = series(events, "eval_loss", kinds=("log", "evaluate"))
     loss_steps, losses = series(events, "train_loss")
     runtime = summary.get("train_runtime", end.get("total_time_seconds"))
+    # training.count_parameters writes {treinaveis, total, percentual} (the seed's names)
     info = summary.get("modelo_info") or {}
-    trainable = info.get("trainable_params", info.get("trainable"))
-    total = info.get("total_params", info.get("total"))
-    percent = info.get("percent")
+    trainable = info.get("treinaveis")
+    total = info.get("total")
+    percent = info.get("percentual")
     if percent is None and trainable and total:
         percent = 100.0 * trainable / total
     last10 = losses[-10:]
@@ -177,7 +201,7 @@ def hardware_section(samples: list[dict], summary: dict, events: list[dict]) -> 
     The report may be rendered on another machine (a cluster login node), so nothing here describes
     the machine running this code: only what the training job recorded.
     """
-    hw = summary.get("hardware") if isinstance(summary.get("hardware"), dict) else {}
+    hw: dict[str, Any] = summary["hardware"] if isinstance(summary.get("hardware"), dict) else {}
     begin = next((e for e in events if e.get("event") == "train_begin"), {})
 
     def first(*keys: str) -> Any:
@@ -216,13 +240,30 @@ def hardware_section(samples: list[dict], summary: dict, events: list[dict]) -> 
     }
 
 
+def metric_label(key: str) -> str:
+    """The display name of any key of metricas.json; an unknown key is humanised rather than shown raw."""
+    for table in (METRIC_LABELS, DETAIL_LABELS, GENERATION_LABELS):
+        if key in table:
+            return table[key]
+    return key.replace("_", " ").capitalize()
+
+
 def evaluation_section(metricas: dict) -> dict[str, Any]:
-    """Rows ``{label, model, base, gain}`` for the test metrics, plus per-field rows when present."""
+    """Quality rows ``{label, model, base, gain}``, generation rows ``{label, model, base}``, per-field rows.
+
+    Quality scores (0 to 1) and the generation's counts and speed are different kinds of numbers: a
+    "gain" of -795 tokens/s or of +2 truncated prompts means nothing, so they are listed apart.
+    """
     model = metricas.get("modelo") or {}
     base = metricas.get("base") or None
     gain = metricas.get("ganho") or {}
     numeric = [k for k, v in model.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-    order = [k for k in METRIC_LABELS if k in numeric] + sorted(k for k in numeric if k not in METRIC_LABELS)
+    quality = [k for k in numeric if k not in GENERATION_LABELS]
+    order = (
+        [k for k in METRIC_LABELS if k in quality]
+        + [k for k in DETAIL_LABELS if k in quality]
+        + sorted(k for k in quality if k not in METRIC_LABELS and k not in DETAIL_LABELS)
+    )
     rows = []
     for key in order:
         base_value = base.get(key) if base else None
@@ -230,14 +271,19 @@ def evaluation_section(metricas: dict) -> dict[str, Any]:
         if g is None and isinstance(base_value, int | float):
             g = model[key] - base_value
         rows.append(
-            {
-                "key": key,
-                "label": METRIC_LABELS.get(key, key),
-                "model": model[key],
-                "base": base_value,
-                "gain": g,
-            }
+            {"key": key, "label": metric_label(key), "model": model[key], "base": base_value, "gain": g}
         )
+    generation = [
+        {
+            "key": key,
+            "label": label,
+            "model": model.get(key),
+            "base": base.get(key) if base else None,
+            "digits": 0 if key in ("n", "vazios", "truncados", "limite_atingido") else 2,
+        }
+        for key, label in GENERATION_LABELS.items()
+        if key in model or (base and key in base)
+    ]
     fields_base = (base or {}).get("por_campo") or metricas.get("por_campo_base") or {}
     per_field = []
     for name, scores in sorted(
@@ -248,6 +294,7 @@ def evaluation_section(metricas: dict) -> dict[str, Any]:
         "available": bool(model),
         "n": metricas.get("n"),
         "rows": rows,
+        "generation": generation,
         "has_base": bool(base),
         "per_field": per_field,
     }
@@ -467,11 +514,21 @@ def write_report(
     misc: dict | None = None,
     relatorio: dict | None = None,
     data_config: dict | None = None,
+    html_path: str | Path | None = None,
 ) -> Path:
-    """Build, render and atomically write ``relatorio.md``; 0600 when it shows text of an encrypted source."""
+    """Build, render and atomically write ``relatorio.md`` (and its HTML page, see :mod:`afinar.report.html`).
+
+    Both are 0600 when they show text of an encrypted source.
+    """
     context = build_context(exp, exp_config, inputs, out_path, misc, relatorio, data_config)
     secret = context["encrypted"] and context["with_text"]
-    atomic_write_text(out_path, render_report(context), mode=0o600 if secret else 0o644)
+    text = render_report(context)
+    atomic_write_text(out_path, text, mode=0o600 if secret else 0o644)
+    if html_path is not None:
+        from afinar.report.html import markdown_to_html
+
+        page = markdown_to_html(text, Path(out_path).parent, f"Fine-tuning report: {exp}")
+        atomic_write_text(html_path, page, mode=0o600 if secret else 0o644)
     log.info(
         "report written to %s (%d examples, text %s)",
         out_path,

@@ -60,7 +60,7 @@ class MetricsCallback(TrainerCallback):
     def _tag(self, state: Any, fase: str) -> None:
         self.shared.update({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "fase": fase})
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.start = time.time()
         self._tag(state, "train_begin")
         # On resume, the best eval so far is in the restored state; keep the best-eval flag honest.
@@ -87,10 +87,12 @@ class MetricsCallback(TrainerCallback):
         if self.sampler is not None:
             self.sampler.sample_now(fase="train_begin")
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._tag(state, "train")
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         logs = dict(logs or {})
         ts, _ = _now()
         _append(self.stream_path, {**logs, "step": state.global_step, "epoch": state.epoch, "time": ts})
@@ -131,7 +133,9 @@ class MetricsCallback(TrainerCallback):
                 f" eval_loss {row['eval_loss']:.4f}" if "eval_loss" in row else "",
             )
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         self._tag(state, "eval")
         ts, dt = _now()
         row = {
@@ -148,7 +152,7 @@ class MetricsCallback(TrainerCallback):
             self.sampler.sample_now(fase="eval")
         self._tag(state, "train")
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._tag(state, "train_end")
         elapsed = time.time() - self.start
         ts, dt = _now()
@@ -181,6 +185,30 @@ class StopAfterSteps(TrainerCallback):
     def __init__(self, steps: int):
         self.steps = steps
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step >= self.steps:
             raise KeyboardInterrupt(f"stopped after step {state.global_step}")
+
+
+class BlockAfterSave(TrainerCallback):
+    """Once a checkpoint of step >= ``steps`` is saved: write ``marker`` (holding the step), then block.
+
+    A kill test needs the process to be killed at a known point. Waiting for a checkpoint folder and then
+    sleeping was a race: on a fast GPU training finished and rotated that checkpoint away in the sleep.
+    Here training stops right after the checkpoint and its rotation are complete, and stays there until
+    the test kills it (SIGKILL, like an out-of-memory kill or a SLURM time limit): nothing depends on speed.
+    """
+
+    def __init__(self, steps: int, marker: str | Path) -> None:
+        self.steps = steps
+        self.marker = Path(marker)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step < self.steps:
+            return
+        tmp = self.marker.with_name(self.marker.name + ".tmp")
+        tmp.write_text(str(state.global_step), encoding="utf-8")
+        tmp.replace(self.marker)  # atomic: the test never reads a half-written step
+        import threading
+
+        threading.Event().wait()  # until killed

@@ -92,8 +92,10 @@ def ensure_chat_template(tokenizer: Any, model_name: str) -> str:
 
 def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """Render ``messages`` to text with the tokenizer's chat template."""
-    return tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+    return str(
+        tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     )
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from afinar.errors import AfinarError
+from afinar.io import atomic_dir
 
 log = logging.getLogger("afinar.train.demo_model")
 
@@ -78,7 +78,7 @@ def demo_texts(texts: list[str]) -> list[str]:
     return list(texts) + ["user\nassistant\nsystem\n"] * 10
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     """Train a byte-level BPE with Qwen2's pre-tokenizer and return a ``Qwen2Tokenizer`` with ChatML."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -160,16 +160,9 @@ def build_tiny_model(
         pad_token_id=config.pad_token_id,
         do_sample=False,
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny model: %s parameters, vocabulary %s, saved to %s", f"{n_params:,}", len(tok), out)
     return out
@@ -221,16 +214,9 @@ def build_llama_model(
     torch.manual_seed(seed)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "llama model: %s parameters, saved to %s", f"{sum(p.numel() for p in model.parameters()):,}", out
     )

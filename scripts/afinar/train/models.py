@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from afinar.errors import AfinarError
+from afinar.preflight import resolved
 from afinar.train import smollm2
 
 log = logging.getLogger("afinar.train.models")
@@ -63,12 +64,14 @@ def resolve_model_source(name: str, key: str = "modelo.base") -> str:
             )
         return str(path)
     if _looks_like_path(name):
-        raise AfinarError(f"{key}: folder {name} not found — download the model first or fix the path")
+        raise AfinarError(
+            f"{key}: folder {resolved(name)} not found — download the model first or fix the path"
+        )
     if is_offline():
         try:
             from huggingface_hub import snapshot_download
 
-            return snapshot_download(name, local_files_only=True)
+            return str(snapshot_download(name, local_files_only=True))
         except Exception as exc:
             raise AfinarError(
                 f"{key}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set — "
@@ -83,7 +86,8 @@ def read_model_config(source: str) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return config
     except (OSError, json.JSONDecodeError) as exc:
         raise AfinarError(
             f"{path}: unreadable config.json ({exc}) — the model folder is corrupt; download it again"

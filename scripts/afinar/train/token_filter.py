@@ -198,7 +198,7 @@ def read_report(path: str | Path, limit: int, acao: str) -> dict[str, Any]:
     import json
 
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        report: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise AfinarError(f"{path}: unreadable token filter report ({exc}) — rerun filter_tokens") from None
     if report.get("max_tokens") != limit or report.get("acao") != acao:
@@ -230,11 +230,12 @@ def apply_decision(
         if rid in dropped:
             continue
         if rid in truncated:
-            msgs, _status = fit_conversation(tokenizer, msgs, limit, acao)
-            if msgs is None:
+            fitted, _status = fit_conversation(tokenizer, msgs, limit, acao)
+            if fitted is None:
                 raise AfinarError(
                     f"{where}: record {rid!r} no longer fits after truncation — rerun filter_tokens"
                 )
+            msgs = fitted
         kept.append(msgs)
     if dropped or truncated:
         log.info(

@@ -16,16 +16,16 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from afinar import runtime
+from afinar import layout, runtime
+from afinar.config.aliases import parse_eval_steps
 from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
-from afinar.io import atomic_path, atomic_write_json
+from afinar.io import atomic_dir, atomic_path, atomic_write_json
 from afinar.runtime import Runtime, choose_optim, choose_precision, import_unsloth  # noqa: F401 (old import path)
 from afinar.train import chat, checkpoints, models, token_filter
 
@@ -49,18 +49,21 @@ class TrainPaths:
 
     @classmethod
     def for_experiment(cls, results: str | Path, exp: str) -> TrainPaths:
-        """The contract's layout: ``results/data/*.parquet`` in, ``results/{exp}/...`` out."""
-        r, e = Path(results), Path(results) / exp
+        """The layout of afinar.layout: ``results/data/*.parquet`` in, ``results/{exp}/...`` out."""
+
+        def at(relative: str) -> Path:
+            return layout.exp_path(exp, relative, results)
+
         return cls(
-            train=r / "data" / "treino.parquet",
-            validation=r / "data" / "validacao.parquet",
-            adapter=e / "adapter",
-            metrics_summary=e / "metrics_summary.json",
-            metrics_stream=e / "metrics_stream.jsonl",
-            training_metrics=e / "treinamento" / "training_metrics.jsonl",
-            hardware_metrics=e / "treinamento" / "hardware_metrics.jsonl",
-            checkpoints=e / "checkpoints",
-            token_filter=r / "data" / "filtro_tokens" / f"{exp}.json",
+            train=layout.split_file("treino", results),
+            validation=layout.split_file("validacao", results),
+            adapter=at(layout.ADAPTER),
+            metrics_summary=at(layout.METRICS_SUMMARY),
+            metrics_stream=at(layout.METRICS_STREAM),
+            training_metrics=at(layout.TRAINING_METRICS),
+            hardware_metrics=at(layout.HARDWARE_METRICS),
+            checkpoints=at(layout.CHECKPOINTS),
+            token_filter=layout.token_filter_file(exp, results),
         )
 
     def live(self, path: Path) -> Path:
@@ -140,25 +143,11 @@ def tensorboard_callback(exp_dir: Path) -> Any:
 
 def resolve_steps(eval_steps: Any, total_steps: int) -> int:
     """``"N%"`` of all optimizer steps (of the whole run, not of one epoch as in the original, B16) or an
-    integer; 0 (or "0%") = no periodic evaluation."""
-    if isinstance(eval_steps, str) and eval_steps.strip().endswith("%"):
-        try:
-            pct = float(eval_steps.strip()[:-1])
-        except ValueError as exc:
-            raise AfinarError(
-                f"treinamento.eval_steps: {eval_steps!r} is not a percentage like '15%'"
-            ) from exc
-        if not 0 <= pct <= 100:
-            raise AfinarError(f"treinamento.eval_steps: {eval_steps!r} must be between 0% and 100%")
+    integer; 0 (or "0%") = no periodic evaluation. Parsed by the config's own reader."""
+    value = parse_eval_steps(eval_steps)
+    if isinstance(value, str):
+        pct = float(value[:-1])
         return 0 if pct == 0 else max(1, math.floor(total_steps * pct / 100))
-    try:
-        value = int(str(eval_steps).strip())
-    except ValueError as exc:
-        raise AfinarError(
-            f"treinamento.eval_steps: {eval_steps!r} must be an integer or a percentage like '15%'"
-        ) from exc
-    if value < 0:
-        raise AfinarError(f"treinamento.eval_steps: {eval_steps!r} must not be negative")
     return value
 
 
@@ -457,8 +446,16 @@ def load_unsloth(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, Any]:
 
 
 def count_parameters(model: Any) -> dict[str, Any]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """Trainable and total parameters, as metrics_summary.json's ``modelo_info`` (what the report reads).
+
+    A PEFT model counts itself: bitsandbytes packs two 4-bit weights per byte, so ``numel()`` of a
+    quantized base would report half the real size (108,544 of 666,368 instead of 1,005,312).
+    """
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = (int(n) for n in model.get_nb_trainable_parameters())
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
     return {
         "treinaveis": trainable,
         "total": total,
@@ -483,7 +480,9 @@ def train(
     """
     import torch
 
-    exp = experiment if isinstance(experiment, Experiment) else experiment_from_partial(experiment)
+    if not isinstance(experiment, Experiment):  # training reads modelo, treinamento and lora only
+        experiment = experiment_from_partial({k: v for k, v in experiment.items() if k != "predicao"})
+    exp = experiment
     tr = exp.treinamento
     if threads:
         torch.set_num_threads(max(1, int(threads)))
@@ -576,7 +575,8 @@ def train(
     fingerprint = checkpoints.run_fingerprint(
         {
             "modelo": sections["modelo"],
-            "treinamento": sections["treinamento"],
+            # how often checkpoints are written does not change what they hold
+            "treinamento": {k: v for k, v in sections["treinamento"].items() if k != "checkpoint_minutos"},
             "lora": sections["lora"],
             "backend": rt.backend,
         },
@@ -588,6 +588,13 @@ def train(
 
     from afinar.monitor import BackgroundSampler
     from afinar.train.callbacks import MetricsCallback
+    from afinar.train.resume import SafeCheckpoints, slurm_end_time, use_epoch_seeded_sampler
+
+    # checkpoints every checkpoint_minutos, on SIGTERM/SIGUSR1/SIGINT and before a SLURM job's end
+    save = the_plan.save
+    safe = SafeCheckpoints(
+        tr.checkpoint_minutos if save else None, on_signal=save, end_time=slurm_end_time() if save else None
+    )
 
     shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
     sampler = BackgroundSampler(
@@ -602,8 +609,9 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[metrics_cb, *callbacks],
+        callbacks=[metrics_cb, safe, *callbacks],
     )
+    use_epoch_seeded_sampler(trainer, tr.seed)  # exact resume from any epoch
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
@@ -617,7 +625,7 @@ def train(
     )
 
     # 7. train, evaluate, save
-    with sampler:
+    with sampler, safe:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if eval_ds is not None else {}
     save_model(trainer, tokenizer, paths.adapter)
@@ -655,17 +663,9 @@ def train(
 
 def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
     """Save the adapter (or full model) + tokenizer under a temporary name, then rename into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved %s", out)
 
 

@@ -1,0 +1,150 @@
+"""Write envs/*.yaml from the pip lock files: the locks are the single source of truth.
+
+Each conda env is a pinned Python and pip, then every package of the env as an exact pip pin taken from
+its lock file: the env's top-level packages (ROOTS below) and, for the CPU envs, everything they depend
+on (read from the installed packages' metadata; `make` installs requirements/lock-cpu.txt, so the
+metadata is the lock's). The GPU env takes its whole lock, which already is the train/predict closure
+measured on the H100 image. Snakemake copies an env file before building it, so `pip -r ../requirements/…`
+could not be resolved from the copy (nor would a lock change rebuild the env): the pins are written out.
+
+    .venv/bin/python tools/lock_envs.py           # rewrite envs/*.yaml
+    .venv/bin/python tools/lock_envs.py --check   # exit 1 if an env differs from what the locks give
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import re
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_LOCK, GPU_LOCK = "requirements/lock-cpu.txt", "requirements/lock-gpu.txt"
+PIP = "25.3"
+#: the CPU build of torch: PyPI's Linux wheel pulls CUDA libraries that the CPU lock does not have
+TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+
+# env → (python, lock, top-level packages or None for the whole lock, what it is for)
+ENVS: dict[str, tuple[str, str, list[str] | None, str]] = {
+    "data": (
+        "3.11.14",
+        CPU_LOCK,
+        ["numpy", "pandas", "pyarrow", "cryptography", "pyyaml", "jsonschema", "psutil", "datasets"],
+        "Data stages: pair, decrypt, split (parquet, Fernet, Hugging Face datasets, the config).",
+    ),
+    "report": (
+        "3.11.14",
+        CPU_LOCK,
+        ["numpy", "pandas", "pyarrow", "matplotlib", "jinja2", "pyyaml", "psutil", "tokenizers"]
+        + ["transformers", "huggingface-hub", "markdown"],
+        "evaluate, charts, report (markdown renders the HTML report), compare; transformers + tokenizers only\n# count tokens (no torch).",
+    ),
+    "train-cpu": (
+        "3.11.14",
+        CPU_LOCK,
+        ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors"]
+        + ["huggingface-hub", "numpy", "pandas", "pyarrow", "cryptography", "pyyaml", "psutil", "tqdm"]
+        + ["matplotlib", "gguf", "onnx", "onnx-ir", "onnxscript", "onnxruntime", "tensorboard", "jsonschema"],
+        "train/predict with backend: transformers (TRL 1.16 trains on CPU; 1.15 cannot), demo_model,\n"
+        "# export_gguf, export_onnx; torch is the CPU build.",
+    ),
+    "train": (
+        "3.12.3",
+        GPU_LOCK,
+        None,
+        "train/predict with the Unsloth backend (or auto on CUDA), export_merged: the stack measured on\n"
+        "# an H100 (torch 2.11 CUDA 13 wheels, TRL 1.15, unsloth 2026.10.9).",
+    ),
+}
+
+
+def norm(name: str) -> str:
+    """PEP 503 name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, str]]:
+    """normalized name → (name as written, version) of a `pip freeze`-style lock."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==", 1)
+            pins[norm(name)] = (name.strip(), version.strip())
+    return pins
+
+
+def requirements_of(name: str) -> list[str]:
+    """Normalized names a distribution requires on this platform, extras not included."""
+    found = []
+    for spec in importlib.metadata.distribution(name).requires or []:
+        req = Requirement(spec)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            found.append(norm(req.name))
+    return found
+
+
+def closure(roots: list[str], lock: dict[str, tuple[str, str]]) -> list[str]:
+    """The roots and everything they require, transitively; all must be in the lock."""
+    todo, seen = [norm(r) for r in roots], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        if name not in lock:
+            raise SystemExit(f"{name} is needed but not in the lock file")
+        seen.add(name)
+        todo.extend(requirements_of(name))
+    return sorted(seen)
+
+
+def render(env: str) -> str:
+    python, lock_file, roots, purpose = ENVS[env]
+    lock = read_lock(ROOT / lock_file)
+    names = sorted(lock) if roots is None else closure(roots, lock)
+    pins = []
+    for name in names:
+        written, version = lock[name]
+        if name == "torch" and lock_file == CPU_LOCK:
+            version += "+cpu"
+        pins.append(f"{written}=={version}")
+    options = [TORCH_CPU_INDEX] if "torch" in names and lock_file == CPU_LOCK else []
+    body = "\n".join(f"      - {line}" for line in options + pins)
+    return (
+        f"# {purpose}\n"
+        f"# Generated by tools/lock_envs.py from {lock_file} ({len(pins)} exact pins): edit the lock, not this.\n"
+        f"# lock: {lock_file}\n"
+        f"name: afinar-{env}\n"
+        "channels:\n  - conda-forge\n  - nodefaults\n"
+        "dependencies:\n"
+        f"  - python={python}\n"
+        f"  - pip={PIP}\n"
+        "  - pip:\n"
+        f"{body}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    stale = []
+    for env in ENVS:
+        path = ROOT / "envs" / f"{env}.yaml"
+        text = render(env)
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(str(path.relative_to(ROOT)))
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"not what the lock files give: {', '.join(stale)} — run tools/lock_envs.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
