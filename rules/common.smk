@@ -16,7 +16,7 @@ from afinar.preflight import (  # noqa: E402
     experiments_needing_models,
 )
 from afinar.runtime import wants_gpu  # noqa: E402
-from afinar.train.smollm2 import FOLDER as SMOLLM2_FOLDER  # noqa: E402
+from afinar.builtin_models import SMOLLM2_FOLDER  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
     check_workflow_placeholders,
@@ -128,7 +128,7 @@ def all_targets(wildcards):
 
 # --- helpers of rules/train.smk ------------------------------------------------------------
 DEMO_MODEL = layout.DEMO_MODEL
-SMOLLM2_MODEL = SMOLLM2_FOLDER  # modelo.base: smollm2-135m-instruct resolves here (afinar.train.smollm2)
+SMOLLM2_MODEL = SMOLLM2_FOLDER  # modelo.base: smollm2-135m-instruct resolves here
 
 
 def demo_corpus(wildcards):

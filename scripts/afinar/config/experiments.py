@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from afinar.builtin_models import resolve_builtin as builtin_model_folder
 from afinar.config.aliases import _translate
 from afinar.config.checks import _check_semantics
 from afinar.config.common import _as_mapping, _deep_merge, _kind, _Problems
 from afinar.config.schema import _check_unknown, _coerce, _validate_schema
-from afinar.train.smollm2 import resolve_builtin as builtin_model_folder
 
 EXPERIMENT_SECTIONS = ("modelo", "treinamento", "lora", "predicao")
 #: what an experiment id (the ``{exp}`` wildcard, the folder under results/) is made of

