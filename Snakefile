@@ -52,3 +52,4 @@ onstart:
         check_models_before_jobs(workflow)
     except AfinarError as exc:
         fail(str(exc))
+    check_before_jobs()

@@ -1,6 +1,7 @@
 # Config → experiments, targets and small named helpers shared by every rule file.
 # No logic lives in lambdas: rules call the named functions below.
 import functools
+import os
 import re
 import sys
 from pathlib import Path
@@ -45,6 +46,24 @@ def _check_profile():
         fail(str(exc))
 
 
+def check_before_jobs():
+    """Run by `onstart`, after the DAG is built and before any job: the decryption key is present,
+    well-formed and decrypts the source, so a bad key writes nothing (not even pairs.parquet).
+    """
+    from afinar.data.crypto import check_key_before_run
+
+    if DATASET_MODE or not {"pair", "decrypt"} & {
+        j.rule.name for j in workflow.dag.needrun_jobs()
+    }:
+        return
+    try:
+        check_key_before_run(
+            CFG["pastas"]["entrada"], CFG["misc"]["env_chave_criptografia"]
+        )
+    except AfinarError as exc:
+        fail(str(exc))
+
+
 def _check_gpu_resources():
     """`--resources gpu=0` with a GPU-only backend would scale the job's request down and fail late:
     say so before any job runs instead."""
@@ -76,6 +95,20 @@ _check_gpu_resources()
 DATA = layout.DATA
 SPLITS = list(layout.SPLITS)
 DATASET_MODE = CFG["formatos"]["tipo_entrada"] == "dataset"
+# An encrypted source makes the whole run private: every file Afinar or Snakemake creates (decrypted splits,
+# predictions, reports, logs, .snakemake/ metadata, the --report HTML) is readable by its owner only.
+# Job processes inherit the umask; on a cluster each job parses this file again and sets it too.
+ENCRYPTED = bool(
+    not DATASET_MODE
+    and CFG["misc"]["env_chave_criptografia"]
+    and CFG["pastas"]["entrada"]["dataframe"]
+)
+if ENCRYPTED:
+    os.umask(0o077)
+    # .snakemake/ and this run's log were created before the Snakefile was read: made private too
+    for path in [Path(".snakemake"), *Path(".snakemake").glob("log/*"), Path(".snakemake/log")]:
+        if path.exists():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 SCRIPTS = Path(workflow.basedir) / "scripts"
@@ -112,8 +145,15 @@ def base_model_input(wildcards):
 
 
 def exp_targets(exp):
-    """Everything one experiment produces by default: its report pulls in training, predictions and charts."""
-    return [str(layout.exp_path(exp, p)) for p in (layout.REPORT, layout.METRICS)]
+    """Everything one experiment produces by default: its report pulls in training, predictions and charts.
+
+    The adapter and the predictions are targets themselves: Snakemake accepts a missing intermediate
+    file while the files made from it are up to date, so after a run killed during `--forcerun train`
+    (which deletes the adapter first) a plain rerun would otherwise say "Nothing to be done"."""
+    return [
+        str(layout.exp_path(exp, p))
+        for p in (layout.ADAPTER, layout.PREDICTIONS, layout.REPORT, layout.METRICS)
+    ]
 
 
 def all_targets(wildcards):
@@ -133,7 +173,9 @@ SMOLLM2_MODEL = SMOLLM2_FOLDER  # modelo.base: smollm2-135m-instruct resolves he
 
 def demo_corpus(wildcards):
     """Every text file of the bundled example: the tokenizer of the tiny model is trained on them."""
-    return sorted(str(p) for p in Path("resources/example").rglob("*.txt"))
+    return sorted(
+        str(p) for p in (Path(workflow.basedir) / "resources/example").rglob("*.txt")
+    )
 
 
 def filter_tokens_inputs(wildcards):

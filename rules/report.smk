@@ -77,7 +77,7 @@ rule report:
         summary="results/{exp}/metrics_summary.json",
         token_stats=rules.charts.output.token_stats,
         # the Jinja2 template is an input so that editing it reruns the report (and nothing else)
-        template="scripts/afinar/report/templates/relatorio.md.j2",
+        template=f"{workflow.basedir}/scripts/afinar/report/templates/relatorio.md.j2",
         charts=[
             rules.charts.output.loss,
             rules.charts.output.learning_rate,

@@ -9,7 +9,9 @@ folder and gives it its mode.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -17,10 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("afinar.io")
+
 
 @contextmanager
 def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it over ``path`` (optionally chmod)."""
+    """Yield a temporary path next to ``path``; on success rename it over ``path``.
+
+    The file is private (0600, ``mkstemp``'s mode) unless ``mode`` is given; ``mode`` is masked by the
+    umask like any created file's, so a run made private by its umask (an encrypted source: see
+    rules/common.smk) keeps even "shareable" files such as charts to their owner."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,7 +37,7 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         if mode is not None:
-            os.chmod(tmp_path, mode)
+            os.chmod(tmp_path, mode & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -101,3 +109,32 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSON-lines file; blank lines are skipped."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def _temp_name(name: str) -> re.Pattern[str]:
+    """Names ``tempfile`` gives our temporaries of ``name``: ``.NAME.XXXXXXXX`` (folders) or ``….tmp``."""
+    return re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}(\.tmp)?$")
+
+
+def clean_stale_temps(outputs: Iterable[str | Path]) -> list[Path]:
+    """Remove the temporary files and folders a killed earlier attempt left next to ``outputs``.
+
+    Called when a rule starts (Snakemake runs one job per output at a time), so only leftovers of an
+    interrupted write of these same outputs match: ``.pairs.parquet.k2j4x9_a.tmp`` next to
+    ``pairs.parquet``, ``.adapter.q8w1e3r4`` next to ``adapter/``. Nothing else is touched.
+    """
+    removed = []
+    for output in outputs:
+        out = Path(str(output))
+        if not out.parent.is_dir():
+            continue
+        pattern = _temp_name(out.name)
+        for entry in out.parent.iterdir():
+            if pattern.match(entry.name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+                log.info("removed %s, left by an interrupted earlier run", entry)
+    return removed

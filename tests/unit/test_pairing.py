@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+import unicodedata
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -180,3 +181,70 @@ def test_bundled_example_pairs_completely(tmp_path):
     assert len(result.ids) >= 300 and not result.invalid and not result.input_only and not result.answer_only
     assert "001" in result.ids and any(i.count(".") == 2 for i in result.ids)
     assert all(a.startswith('{"tipo": ') for a in result.answers)
+
+
+NFC_NAME = unicodedata.normalize("NFC", "ação")
+NFD_NAME = unicodedata.normalize("NFD", "ação")
+
+
+def test_names_that_differ_only_in_unicode_normalisation_pair(tmp_path, caplog):
+    """An input named ação.txt in NFC and its answer in NFD (as macOS writes it) are one record."""
+    assert NFC_NAME != NFD_NAME
+    write_pairs(tmp_path, {"1": ("um", '{"a": 1}')})
+    (tmp_path / "entrada" / f"{NFC_NAME}.txt").write_text("texto", encoding="utf-8")
+    (tmp_path / "saidas" / f"{NFD_NAME}.txt").write_text('{"a": 2}', encoding="utf-8")
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="afinar"):
+        result = run_pair(*sections(tmp_path), out / "pairs.parquet", out / "pareamento.json")
+    assert result.ids == ["1", NFC_NAME] and result.input_only == [] and result.answer_only == []
+    summary = json.loads((out / "pareamento.json").read_text())
+    assert summary["ids_normalizados_nfc"] == [NFC_NAME]
+    assert "decomposed accents (Unicode NFD)" in caplog.text
+    assert (tmp_path / "saidas" / f"{NFD_NAME}.txt").exists()  # the user's file keeps its name
+    assert file_id(f"{NFD_NAME}.txt") == NFC_NAME
+
+
+def test_two_files_whose_names_differ_only_in_normalisation_are_named(tmp_path):
+    write_pairs(tmp_path, {"1": ("um", '{"a": 1}')})
+    (tmp_path / "saidas" / f"{NFC_NAME}.txt").write_text('{"a": 2}', encoding="utf-8")
+    (tmp_path / "saidas" / f"{NFD_NAME}.txt").write_text('{"a": 3}', encoding="utf-8")
+    with pytest.raises(AfinarError, match="differ only in Unicode normalisation"):
+        pair_records(*sections(tmp_path))
+
+
+def test_dataframe_ids_are_matched_in_nfc(tmp_path):
+    write_pairs(tmp_path, {})
+    (tmp_path / "saidas" / f"{NFC_NAME}.txt").write_text('{"a": 2}', encoding="utf-8")
+    frame = tmp_path / "textos.parquet"
+    pd.DataFrame({"id": [NFD_NAME], "texto": ["um texto"]}).to_parquet(frame)
+    entrada = {"pasta": "", "dataframe": str(frame), "dataframe_col": "texto", "dataframe_id": "id"}
+    result = pair_records(*sections(tmp_path, entrada=entrada))
+    assert result.ids == [NFC_NAME]
+
+
+def test_a_utf8_file_with_stray_bytes_is_decoded_as_utf8_and_reported(tmp_path, caplog):
+    """Two bad bytes in UTF-8 text: the rest stays readable (not garbled as latin-1), the bytes are counted."""
+    write_pairs(tmp_path, {"1": ("x", '{"a": 1}'), "2": ("y", '{"a": 2}')})
+    good = "Decisão: ação de cobrança em São Luís.".encode()
+    stray = tmp_path / "entrada" / "1.txt"
+    stray.write_bytes(good[:10] + b"\xff" + good[10:30] + b"\x80" + good[30:])
+    (tmp_path / "entrada" / "2.txt").write_bytes("decisão em Belém".encode("latin-1"))  # a real latin-1 file
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="afinar"):
+        result = run_pair(*sections(tmp_path), out / "pairs.parquet", out / "pareamento.json")
+    text = result.texts[0]
+    assert "ação de cobrança" in text and "Luís" in text and "Ã" not in text and text.count("\ufffd") == 2
+    assert result.texts[1] == "decisão em Belém"
+    summary = json.loads((out / "pareamento.json").read_text())
+    assert summary["utf8_bytes_invalidos"] == [{"arquivo": str(stray), "bytes": 2}]
+    assert summary["latin1"] == [str(tmp_path / "entrada" / "2.txt")]
+    assert f"{stray} (2 bytes)" in caplog.text
+
+
+def test_records_far_beyond_max_seq_length_are_warned_about_at_pairing(tmp_path, caplog):
+    write_pairs(tmp_path, {"1": ("curto", '{"a": 1}'), "grande": ("palavra " * 50_000, '{"a": 2}')})
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="afinar"):
+        run_pair(*sections(tmp_path), out / "pairs.parquet", out / "pareamento.json", max_seq_length=256)
+    assert "1 record(s) are far longer than max_seq_length 256" in caplog.text
+    assert "grande (~100,001 tokens)" in caplog.text

@@ -188,3 +188,75 @@ def test_empty_test_split_is_an_error(tmp_path):
             "",
         )
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_a_division_csv_written_in_nfd_matches_nfc_pair_ids(tmp_path):
+    """Pair ids are NFC; a division file saved by a tool that decomposes accents still matches them."""
+    import unicodedata
+
+    from afinar.data.splits import check_division, read_division
+
+    nfc, nfd = (unicodedata.normalize(form, "ação") for form in ("NFC", "NFD"))
+    path = tmp_path / "divisao.csv"
+    path.write_text(f"id_arquivo,alvo\n{nfd},treino\nb,teste\n", encoding="utf-8")
+    division, _ = read_division(path)
+    assert list(division["id_arquivo"]) == [nfc, "b"]
+    assert len(check_division(division, [nfc, "b"], True, path)) == 2
+
+
+def _blocked_on(lock_file) -> bool:
+    """Whether a process waits for a flock on ``lock_file`` (Linux /proc/locks: blocked requests "->")."""
+    inode = os.stat(lock_file).st_ino  # a file or, as here, a folder
+    for line in open("/proc/locks").read().splitlines():
+        fields = line.split()
+        if "->" in fields and fields[fields.index("->") + 1] == "FLOCK":
+            if int(fields[fields.index("->") + 5].split(":")[-1]) == inode:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux /proc/locks")
+def test_two_first_runs_sharing_a_division_file_agree_with_it(tmp_path):
+    """Run 1 is creating the shared file (the test holds its lock); run 2, another process with another
+    seed, waits for it and then uses the file run 1 wrote instead of creating its own."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    from afinar.data.splits import save_created_division
+
+    shared = tmp_path / "shared" / "divisao.csv"
+    shared.parent.mkdir()
+    lock_file = shared.parent  # the lock is taken on the folder (no file is added there)
+    ids = make_pairs(tmp_path / "pairs.parquet", n=30)
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO / "scripts")!r})
+from afinar.data.splits import SplitOutputs, run_split
+run_split({str(tmp_path / "pairs.parquet")!r}, SplitOutputs.in_folder({str(tmp_path / "run2")!r}),
+          {divisao(shared, seed=2)!r}, None, "")
+"""
+    fd = os.open(lock_file, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        run2 = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not _blocked_on(lock_file):
+            assert run2.poll() is None, run2.communicate()[1][-2000:]  # finished without waiting: no lock
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        # run 1 (seed 1) creates the file while run 2 waits
+        save_created_division(assign_splits(ids, PROP, 1), divisao(shared, seed=1))
+    finally:
+        os.close(fd)
+    assert run2.wait(timeout=300) == 0, run2.stderr.read()[-2000:]
+    on_disk = pd.read_csv(shared, dtype=str).sort_values("id_arquivo", ignore_index=True)
+    used = pd.read_csv(tmp_path / "run2" / "divisao.csv", dtype=str).sort_values(
+        "id_arquivo", ignore_index=True
+    )
+    assert used.equals(on_disk)
+    assert not on_disk.equals(assign_splits(ids, PROP, 2).sort_values("id_arquivo", ignore_index=True))
+    assert json.loads((tmp_path / "run2" / "divisao.json").read_text())["origem"] == "arquivo"

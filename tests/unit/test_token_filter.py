@@ -103,3 +103,47 @@ def test_stale_or_mismatched_report_is_refused(tmp_path, tokenizer, rows):
         token_filter.read_report(path, LIMIT, "descartar")
     with pytest.raises(AfinarError, match="counts 5 records, the split has 3"):
         token_filter.apply_decision(tokenizer, ids, messages, {"total": 5}, LIMIT, "descartar", "treino")
+
+
+HUGE_RECORD = """
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+from afinar.train import chat, models, token_filter
+
+tok = models.load_tokenizer(sys.argv[2])
+chat.ensure_chat_template(tok, sys.argv[2])
+unit = "Cadastro recebido na cidade de Recife, processo numero 1234. "
+huge = [{"role": "user", "content": unit * (6_000_000 // len(unit))}, {"role": "assistant", "content": "{}"}]
+ok = [{"role": "user", "content": "Extraia."}, {"role": "assistant", "content": "{}"}]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+drop = token_filter.decide_split(tok, ["huge", "ok"], [huge, ok], 256, "descartar")
+cut = token_filter.decide_split(tok, ["huge", "ok"], [huge, ok], 256, "truncar")
+fitted, status = token_filter.fit_conversation(tok, huge, 256, "truncar")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"kb": after - before, "drop": drop.as_dict(), "cut": cut.as_dict(), "status": status,
+                  "fitted": token_filter.conversation_length(tok, fitted)}))
+"""
+
+
+def test_a_huge_record_costs_what_the_limit_needs(tiny_model_dir, tmp_path):
+    """A 6 MB record (~1.5 million tokens) against a 256-token limit: decided from a prefix, so the peak
+    memory stays flat (tokenizing it whole took gigabytes: 8.7 GB for 50 MB), in both actions."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = tmp_path / "huge.py"
+    script.write_text(HUGE_RECORD)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(REPO / "scripts"), str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["drop"]["descartados"] == ["huge"] and out["drop"]["mantidos"] == 1
+    assert out["cut"]["truncados"] == ["huge"] and out["cut"]["descartados"] == []
+    assert out["status"] == "truncado" and 200 < out["fitted"] <= 256
+    assert out["kb"] < 300_000, f"peak memory grew by {out['kb'] // 1024} MB"

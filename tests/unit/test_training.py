@@ -135,11 +135,18 @@ def test_resume_after_interruption_appends_metrics(tiny_model_dir, task_splits):
         "checkpoint-2",
         "checkpoint-4",
     ]
-    # the newest checkpoint was damaged by the kill: resume falls back to the previous one
-    (paths.checkpoints / "checkpoint-4" / "optimizer.pt").unlink()
+    # the newest checkpoint's weights were cut short (a kill or a full disk): resume falls back to the
+    # previous one instead of crashing in the safetensors loader
+    weights = paths.checkpoints / "checkpoint-4" / "adapter_model.safetensors"
+    with open(weights, "r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
 
     summary = train(exp, paths)
     assert summary["retomado_de"].endswith("checkpoint-2") and summary["global_step"] == 6
+    assert [c.name for c in sorted(paths.checkpoints.glob("checkpoint-*"))] == [
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
     rows = read_jsonl(paths.training_metrics)
     begins = [r for r in rows if r["event"] == "train_begin"]
     assert [(b["resumed"], b["step"]) for b in begins] == [(False, 0), (True, 2)]
@@ -348,3 +355,20 @@ def test_tensorboard_logs_and_a_missing_tracker(tiny_model_dir, task_splits):
     with pytest.raises(AfinarError, match="report_to: wandb is not installed"):
         train(experiment(tiny_model_dir, report_to=["wandb"]), paths)
     assert not paths.adapter.exists()
+
+
+def test_mask_description_holds_no_training_text(tiny_model_dir):
+    """The DEBUG line about the first batch describes the loss mask without quoting the (private) text."""
+    from afinar.train.training import describe_trainable
+
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    words = tokenizer("Carla mora em Recife", add_special_tokens=False)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    labels = torch.tensor([-100, -100, *words, end, -100, words[0], end])
+    line = describe_trainable(labels, tokenizer)
+    assert (
+        line
+        == f"{len(words) + 3} trainable tokens in 2 span(s), ending with {tokenizer.eos_token}, {tokenizer.eos_token}"
+    )
+    assert "Carla" not in line and "Recife" not in line
+    assert describe_trainable(torch.tensor([-100, words[0]]), tokenizer).endswith("ending with (text)")

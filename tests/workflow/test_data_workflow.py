@@ -74,25 +74,23 @@ def test_encrypted_dataframe_is_decrypted_and_nothing_leaks(workflow_copy: Path)
         assert secret not in logs and secret not in proc.stdout + proc.stderr
 
 
-def test_missing_key_variable_stops_before_writing_plain_text(workflow_copy: Path) -> None:
+@pytest.mark.parametrize("key", ["unset", "empty", "malformed", "wrong"])
+def test_a_bad_key_stops_the_run_before_any_job(workflow_copy: Path, key: str) -> None:
+    """Checked in onstart: not even pairs.parquet or pareamento.json is written (README: "before anything
+    is written")."""
     cfg_path = _write(workflow_copy, _encrypted_variant(workflow_copy, Fernet.generate_key()))
+    values = {"empty": "", "malformed": "not-a-key", "wrong": Fernet.generate_key().decode()}
     env = offline_env()
     env.pop("AFINAR_TEST_KEY", None)
+    if key in values:
+        env["AFINAR_TEST_KEY"] = values[key]
     proc = run_snakemake(workflow_copy, *SPLIT_TARGETS, f"--configfile={cfg_path}", env=env)
     assert proc.returncode != 0
-    assert "AFINAR_TEST_KEY" in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("afinar: error:")]
+    assert len(errors) == 1 and "AFINAR_TEST_KEY" in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert not (workflow_copy / "results" / "data" / "pairs.plain.parquet").exists()
-
-
-def test_wrong_key_names_the_records(workflow_copy: Path) -> None:
-    cfg_path = _write(workflow_copy, _encrypted_variant(workflow_copy, Fernet.generate_key()))
-    env = offline_env(AFINAR_TEST_KEY=Fernet.generate_key().decode())
-    proc = run_snakemake(workflow_copy, *SPLIT_TARGETS, f"--configfile={cfg_path}", env=env)
-    assert proc.returncode != 0
-    assert not (workflow_copy / "results" / "data" / "pairs.plain.parquet").exists()
-    log = (workflow_copy / "results" / "logs" / "decrypt.log").read_text()
-    assert "afinar: error:" in log and "Traceback" not in log
+    assert not (workflow_copy / "results" / "data").exists()
+    assert "rule pair" not in proc.stdout + proc.stderr  # no job started
 
 
 def test_dataset_mode_to_splits(workflow_copy: Path) -> None:

@@ -246,3 +246,46 @@ def run_decrypt(
         pq.write_table(plain, tmp)
     log.info("decrypted %d texts into %s (mode 0600)", plain.num_rows, plain_path)
     return skipped
+
+
+def check_key_before_run(
+    entrada: Mapping[str, str],
+    env_var: str,
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: str | Path | None = ".env",
+    sample: int = 20,
+) -> None:
+    """Check the key before any job runs: present, well-formed, and it decrypts the source's texts.
+
+    Called from the workflow's ``onstart``, so a missing, empty, malformed or wrong key stops the run
+    before ``pair`` writes anything. Up to ``sample`` non-empty cells of the text column are tried and
+    one that decrypts is enough (a few corrupt cells are the decrypt stage's business, with
+    ``skip_invalidos``); the texts are decrypted in memory only and never shown.
+    """
+    env_var = (env_var or "").strip()
+    dataframe = str(entrada.get("dataframe") or "").strip()
+    column = str(entrada.get("dataframe_col") or "").strip()
+    if not env_var or not dataframe or not column or not Path(dataframe).is_file():
+        return  # nothing encrypted, or the pair stage reports the bad source itself
+    fernet = make_fernet(key_from_env(env_var, environ, dotenv_path), env_var)
+    tokens: list[str] = []
+    try:
+        for batch in pq.ParquetFile(dataframe).iter_batches(batch_size=sample, columns=[column]):
+            tokens += [t for t in batch.column(0).to_pylist() if isinstance(t, str) and t.strip()]
+            if len(tokens) >= sample:
+                break
+    except (pa.ArrowException, OSError, KeyError):
+        return  # unreadable or without that column: the pair stage says so in its own words
+    if not tokens:
+        return
+    plain, failed = decrypt_texts(tokens[:sample], fernet)
+    if len(failed) < len(plain):
+        return
+    if not any(t.startswith(TOKEN_PREFIX) for t in tokens):
+        cause = f"its texts are not Fernet tokens (a token starts with {TOKEN_PREFIX!r}) — is this column encrypted?"
+    else:
+        cause = f"the key in {env_var} decrypts none of them — is it the key the data was encrypted with?"
+    raise AfinarError(
+        f"{KEY_SETTING}: checked the first {len(plain)} texts of pastas.entrada.dataframe {dataframe!r} "
+        f"before running: {cause}"
+    )

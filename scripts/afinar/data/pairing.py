@@ -15,10 +15,12 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,6 +38,9 @@ PAIRS_SCHEMA = pa.schema([("id", pa.string()), ("texto", pa.string()), ("respost
 PRIVATE_MODE = 0o600
 _SHOWN = 10  # ids quoted in a message before "(+N more)"
 
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+_NON_ASCII_CHAR = re.compile("[^\x00-\x7f\udc80-\udcff]")
+
 
 def format_ids(ids: list[str], shown: int = _SHOWN) -> str:
     """``a, b, c (+7 more)``: enough ids to find the problem without flooding a one-line message."""
@@ -43,11 +48,21 @@ def format_ids(ids: list[str], shown: int = _SHOWN) -> str:
     return head + (f" (+{len(ids) - shown} more)" if len(ids) > shown else "")
 
 
-def file_id(path: str | Path) -> str:
-    """Record id of a file: its name minus the last extension (``a.b.txt`` → ``a.b``)."""
+def raw_file_id(path: str | Path) -> str:
+    """A file's name minus the last extension, exactly as the file system spells it."""
     name = Path(path).name
     stem, dot, _ = name.rpartition(".")
     return stem if dot and stem else name
+
+
+def nfc(text: str) -> str:
+    """Unicode NFC: ``ação`` typed composed or decomposed (as macOS names files) becomes one string."""
+    return unicodedata.normalize("NFC", text)
+
+
+def file_id(path: str | Path) -> str:
+    """Record id of a file: its name minus the last extension (``a.b.txt`` → ``a.b``), in Unicode NFC."""
+    return nfc(raw_file_id(path))
 
 
 def list_files(folder: str | Path, mask: str, key: str = "pastas", strict: bool = True) -> list[Path]:
@@ -93,7 +108,9 @@ def files_by_id(folder: str | Path, mask: str, key: str) -> dict[str, Path]:
     for path in files:
         rid = file_id(path)
         if rid in by_id:
-            clashes.append(f"{by_id[rid].name}/{path.name}")
+            same = " (the names differ only in Unicode normalisation, NFC vs NFD)"
+            other = by_id[rid].name
+            clashes.append(f"{other}/{path.name}{same if nfc(other) == nfc(path.name) else ''}")
         by_id[rid] = path
     if clashes:
         raise AfinarError(
@@ -103,13 +120,42 @@ def files_by_id(folder: str | Path, mask: str, key: str) -> dict[str, Path]:
     return by_id
 
 
-def read_text(path: str | Path) -> tuple[str, bool]:
-    """Read a text file as UTF-8 (a BOM is dropped), falling back to latin-1; return (text, used_latin1)."""
-    data = Path(path).read_bytes()
+class Decoded(NamedTuple):
+    """A text file's content and how it was decoded."""
+
+    text: str
+    latin1: bool  # not UTF-8 at all: read as latin-1
+    replaced: int  # bytes that were not valid UTF-8 in an otherwise UTF-8 file, replaced by U+FFFD
+
+
+def decode_text(data: bytes) -> Decoded:
+    """UTF-8 (a BOM is dropped); a few bad bytes in UTF-8 text are replaced; otherwise latin-1.
+
+    A file is taken as UTF-8 with stray bytes when it holds valid multi-byte UTF-8 characters and no
+    more invalid bytes than valid characters: a latin-1 file's accented letters are invalid UTF-8 and
+    almost never form valid sequences, while reading a UTF-8 file as latin-1 garbles every accent.
+    """
     try:
-        return data.decode("utf-8-sig"), False
+        return Decoded(data.decode("utf-8-sig"), False, 0)
     except UnicodeDecodeError:
-        return data.decode("latin-1"), True
+        pass
+    escaped = data.decode("utf-8-sig", errors="surrogateescape")  # each bad byte → one lone surrogate
+    bad = len(_BAD_BYTE.findall(escaped))
+    multibyte = len(_NON_ASCII_CHAR.findall(escaped))
+    if multibyte and bad <= multibyte:
+        return Decoded(_BAD_BYTE.sub("\ufffd", escaped), False, bad)
+    return Decoded(data.decode("latin-1"), True, 0)
+
+
+def read_text_decoded(path: str | Path) -> Decoded:
+    """Read a text file with :func:`decode_text`."""
+    return decode_text(Path(path).read_bytes())
+
+
+def read_text(path: str | Path) -> tuple[str, bool]:
+    """Read a text file (see :func:`decode_text`); return (text, used_latin1)."""
+    decoded = read_text_decoded(path)
+    return decoded.text, decoded.latin1
 
 
 def read_input_frame(path: str | Path, text_col: str, id_col: str) -> dict[str, str | None]:
@@ -158,6 +204,11 @@ def read_input_frame(path: str | Path, text_col: str, id_col: str) -> dict[str, 
 
 
 def _ids_as_strings(column: pa.ChunkedArray, where: str) -> list[str]:
+    """The id column as NFC strings (ids are matched in NFC: see :func:`nfc`)."""
+    return [nfc(v) for v in _ids_as_raw_strings(column, where)]
+
+
+def _ids_as_raw_strings(column: pa.ChunkedArray, where: str) -> list[str]:
     if column.null_count:
         raise AfinarError(f"{where}: {column.null_count} row(s) have no id — fill or drop them")
     kind = column.type
@@ -193,6 +244,10 @@ class PairingResult:
     latin1: list[str] = field(default_factory=list)
     n_inputs: int = 0
     n_answers: int = 0
+    #: UTF-8 files with a few invalid bytes (replaced by U+FFFD): {"arquivo": path, "bytes": count}
+    replaced: list[dict[str, Any]] = field(default_factory=list)
+    #: ids that matched only once their Unicode normalisation was made the same (NFC)
+    normalised: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The ``pareamento.json`` content (architecture contract keys first)."""
@@ -202,6 +257,8 @@ class PairingResult:
             "predicao_sem_par": self.answer_only,
             "invalidos": self.invalid,
             "latin1": self.latin1,
+            "utf8_bytes_invalidos": self.replaced,
+            "ids_normalizados_nfc": self.normalised,
             "n_entrada": self.n_inputs,
             "n_predicao": self.n_answers,
             "n_invalidos": len(self.invalid),
@@ -256,19 +313,25 @@ def pair_records(
     invalid: list[dict[str, str]] = []
     invalid_files: list[str] = []
     latin1: list[str] = []
+    replaced: list[dict[str, Any]] = []
+
+    def read(path: Path) -> str:
+        decoded = read_text_decoded(path)
+        if decoded.latin1:
+            latin1.append(str(path))
+        if decoded.replaced:
+            replaced.append({"arquivo": str(path), "bytes": decoded.replaced})
+        return decoded.text
+
     for rid in common:
         answer_path = answers_by_id[rid]
-        raw, fallback = read_text(answer_path)
-        if fallback:
-            latin1.append(str(answer_path))
+        raw = read(answer_path)
         if dataframe:
             text = frame_texts[rid]
             source = f"{dataframe}[{rid}]"
         else:
-            text, fallback = read_text(input_files[rid])
+            text = read(input_files[rid])
             source = str(input_files[rid])
-            if fallback:
-                latin1.append(source)
         if text is None or not text.strip():
             invalid.append({"id": rid, "motivo": "empty input text"})
             invalid_files.append(f"{source} (empty input text)")
@@ -302,6 +365,13 @@ def pair_records(
         log.warning(
             "%d file(s) are not UTF-8 and were read as latin-1: %s", len(latin1), format_ids(latin1, 3)
         )
+    if replaced:
+        log.warning(
+            "%d UTF-8 file(s) hold invalid bytes, replaced by U+FFFD (listed in pareamento.json): %s",
+            len(replaced),
+            format_ids([f"{r['arquivo']} ({r['bytes']} bytes)" for r in replaced], 3),
+        )
+    normalised = _normalisation_differences(common, input_files, answers_by_id)
     if input_only:
         log.warning("%d input id(s) without an expected answer: %s", len(input_only), format_ids(input_only))
     if answer_only:
@@ -314,8 +384,44 @@ def pair_records(
         len(invalid),
     )
     return PairingResult(
-        ids, texts, answers, input_only, answer_only, invalid, latin1, len(input_ids), len(answer_ids)
+        ids,
+        texts,
+        answers,
+        input_only,
+        answer_only,
+        invalid,
+        latin1,
+        len(input_ids),
+        len(answer_ids),
+        replaced,
+        normalised,
     )
+
+
+def _normalisation_differences(
+    common: list[str], input_files: dict[str, Path], answers_by_id: dict[str, Path]
+) -> list[str]:
+    """Ids whose input and answer file names differ only in Unicode normalisation, said once.
+
+    macOS and some archive tools write accented names decomposed (NFD: ``a`` + combining tilde), others
+    composed (NFC): both look identical on screen. Ids are compared in NFC, so they pair; the files keep
+    their names.
+    """
+    found = []
+    for rid in common:
+        names = [raw_file_id(answers_by_id[rid])]
+        if rid in input_files:
+            names.append(raw_file_id(input_files[rid]))
+        if any(name != rid for name in names):
+            found.append(rid)
+    if found:
+        log.info(
+            "%d id(s) are written with decomposed accents (Unicode NFD) in some file names and matched in "
+            "composed form (NFC): %s",
+            len(found),
+            format_ids(found),
+        )
+    return found
 
 
 def invalid_hint(reasons: list[str], n_pairs: int, formatos: dict[str, Any]) -> str:
@@ -366,6 +472,38 @@ def write_pairs(result: PairingResult, pairs_path: str | Path, summary_path: str
     atomic_write_json(summary_path, result.summary())
 
 
+#: a record is "far beyond" the context when its estimated tokens exceed this many times max_seq_length
+FAR_BEYOND = 10
+#: rough characters per token of natural text, only for that estimate (filter_tokens counts for real)
+_CHARS_PER_TOKEN_ESTIMATE = 4
+
+
+def warn_far_beyond(result: PairingResult, max_seq_length: int | None) -> list[str]:
+    """Warn about records far longer than the longest ``max_seq_length`` of the config's experiments.
+
+    They are dropped (or their prompt cut) later by ``filter_tokens``; said here because a 50 MB input
+    is usually a mistake (a whole archive in one file), and the user should hear it before any training.
+    The size is estimated from characters: the pair stage has no tokenizer.
+    """
+    if not max_seq_length:
+        return []
+    found = []
+    for rid, text, answer in zip(result.ids, result.texts, result.answers, strict=True):
+        tokens = (len(text) + len(answer)) // _CHARS_PER_TOKEN_ESTIMATE
+        if tokens > FAR_BEYOND * max_seq_length:
+            found.append(f"{rid} (~{tokens:,} tokens)")
+    if found:
+        log.warning(
+            "%d record(s) are far longer than max_seq_length %d (more than %dx, estimated from characters): %s "
+            "— filter_tokens will drop them or cut their prompt; check they belong in the data",
+            len(found),
+            max_seq_length,
+            FAR_BEYOND,
+            format_ids(found, 3),
+        )
+    return found
+
+
 def run_pair(
     entrada: dict[str, Any],
     predicao: dict[str, Any],
@@ -373,9 +511,14 @@ def run_pair(
     formatos: dict[str, Any],
     pairs_path: str | Path,
     summary_path: str | Path,
+    max_seq_length: int | None = None,
 ) -> PairingResult:
-    """The whole ``pair`` stage: pair, then write both outputs (nothing is written on error)."""
+    """The whole ``pair`` stage: pair, then write both outputs (nothing is written on error).
+
+    ``max_seq_length`` (the longest of the experiments) only drives the warning of :func:`warn_far_beyond`.
+    """
     result = pair_records(entrada, predicao, validacao, formatos)
+    warn_far_beyond(result, max_seq_length)
     write_pairs(result, pairs_path, summary_path)
     return result
 

@@ -13,11 +13,14 @@ reads. Split files hold ``id`` and ``messages`` (user prompt from the template, 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from afinar import layout
-from afinar.data.pairing import PRIVATE_MODE, format_ids, read_text
+from afinar.data.pairing import PRIVATE_MODE, format_ids, nfc, read_text
 from afinar.errors import AfinarError
 from afinar.io import atomic_path, atomic_write_json
 
@@ -156,6 +159,14 @@ def read_division(path: str | Path) -> tuple[pd.DataFrame, int]:
             f"the file needs {ID_COLUMN},{LABEL_COLUMN}; delete it to regenerate"
         )
     ids = raw[ID_COLUMN].str.strip()
+    composed = ids.map(nfc)  # pair ids are NFC (afinar.data.pairing.nfc); the file may be NFD
+    if (composed != ids).any():
+        log.info(
+            "%s: %d id(s) written with decomposed accents (Unicode NFD), matched in composed form (NFC)",
+            path,
+            int((composed != ids).sum()),
+        )
+        ids = composed
     labels = pd.Series([normalize_label(v) for v in raw[LABEL_COLUMN]], index=raw.index, dtype=object)
     unknown = sorted({str(v) for v, lab in zip(raw[LABEL_COLUMN], labels, strict=True) if lab is None})
     if unknown:
@@ -250,6 +261,34 @@ def resolve_division(
         ), "arquivo"
     frame = assign_splits(pair_ids, divisao["proporcao"], int(divisao["seed"]))
     return frame, ("criado" if user_file else "gerado")
+
+
+@contextmanager
+def division_file_lock(divisao: dict[str, Any]) -> Iterator[None]:
+    """Hold an exclusive lock on the configured division file while it is read or created.
+
+    Two runs (two configs, or two working directories) may share one ``pastas.divisao.arquivo``. Without
+    the lock both could find it missing, both create it, and one would train on splits that do not match
+    the file on disk. With it the second waits, then reads the file the first wrote. The lock is
+    ``flock`` on the file's folder itself, so no lock file is added to the user's folder, and the kernel
+    drops it when a process dies: a killed run never leaves it held.
+    """
+    user_file = str(divisao.get("arquivo") or "").strip()
+    if not user_file:
+        yield
+        return
+    folder = Path(user_file).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("%s is being read or created by another run: waiting for it", user_file)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_created_division(division: pd.DataFrame, divisao: dict[str, Any]) -> None:
@@ -420,12 +459,13 @@ def run_split(
     pairs = read_pairs(pairs_path)
     ids = pairs.column("id").to_pylist()
     excluded = excluded_upstream(summary_path, raw_pairs_path, ids)
-    division, source = resolve_division(ids, divisao, excluded)
-    tables = split_pairs(pairs, division, template, tag)
-    counts = {s: tables[s].num_rows for s in SPLITS}
-    check_counts(counts, divisao["proporcao"], f"pastas.divisao ({source})")
-    if source == "criado":
-        save_created_division(division, divisao)
+    with division_file_lock(divisao):
+        division, source = resolve_division(ids, divisao, excluded)
+        tables = split_pairs(pairs, division, template, tag)
+        counts = {s: tables[s].num_rows for s in SPLITS}
+        check_counts(counts, divisao["proporcao"], f"pastas.divisao ({source})")
+        if source == "criado":
+            save_created_division(division, divisao)
     return write_outputs(tables, division, outputs, divisao["proporcao"], source, int(divisao["seed"]))
 
 

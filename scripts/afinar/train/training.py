@@ -216,6 +216,24 @@ def tokenize_split(
     return out, stats
 
 
+def describe_trainable(labels: Any, tokenizer: Any) -> str:
+    """The shape of one example's loss mask without its text (logs never hold training text): how many
+    trainable tokens in how many spans, and whether each span ends on a special token such as <|im_end|>."""
+    ids = [int(t) for t in labels]
+    spans: list[list[int]] = []
+    previous = -100
+    for token in ids:
+        if token != -100:
+            if previous == -100:
+                spans.append([])
+            spans[-1].append(token)
+        previous = token
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ends = [tokenizer.convert_ids_to_tokens(span[-1]) if span[-1] in special else "(text)" for span in spans]
+    count = sum(len(span) for span in spans)
+    return f"{count} trainable tokens in {len(spans)} span(s), ending with {', '.join(ends) or 'nothing'}"
+
+
 def check_collated_batch(trainer: Any, tokenizer: Any, masking: bool, n: int = 4) -> float:
     """Collate the first training examples exactly as training will, and refuse garbage before training.
 
@@ -239,9 +257,7 @@ def check_collated_batch(trainer: Any, tokenizer: Any, masking: bool, n: int = 4
             "treinamento.train_on_responses_only: every token of the first batch is trainable, so the prompt is "
             "not masked — check the chat template"
         )
-    first = labels[0]
-    sample = tokenizer.decode([int(t) for t in first[first != -100]][:200])
-    log.debug("first trainable text of the first batch: %r", sample)
+    log.debug("first example: %s", describe_trainable(labels[0], tokenizer))
     log.info("loss on %.1f%% of tokens (%.1f%% masked)", 100 * (1 - masked), 100 * masked)
     return masked
 
@@ -609,7 +625,12 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[metrics_cb, safe, *callbacks],
+        callbacks=[
+            checkpoints.ManifestCallback(),
+            metrics_cb,
+            safe,
+            *callbacks,
+        ],  # manifest first: see its doc
     )
     use_epoch_seeded_sampler(trainer, tr.seed)  # exact resume from any epoch
     from transformers.trainer_callback import PrinterCallback
@@ -625,7 +646,7 @@ def train(
     )
 
     # 7. train, evaluate, save
-    with sampler, safe:
+    with sampler, safe, checkpoints.unfinished_removed_on_error(paths.checkpoints):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if eval_ds is not None else {}
     save_model(trainer, tokenizer, paths.adapter)
