@@ -18,6 +18,7 @@ from afinar.train import chat
 
 log = logging.getLogger("afinar.train.template_check")
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 SAMPLE = [
     {"role": "system", "content": "Responda em JSON."},
     {"role": "user", "content": "Documento: recibo de Ana, Recife."},
@@ -30,19 +31,22 @@ SAMPLE = [
 def local_tokenizer(base: str) -> Any | None:
     """The tokenizer of ``base`` when it is here (folder or Hub cache), else None; never downloads."""
     path = Path(base).expanduser()
-    if (
-        path.exists()
-        and not (path / "tokenizer_config.json").is_file()
-        and not (path / "tokenizer.json").is_file()
-    ):
-        return None
-    if not path.exists() and (base.startswith(("results/", ".", "/", "~")) or base.count("/") != 1):
-        return None  # a folder a rule builds later (the demo or SmolLM2 model), or not a Hub id
+    if not path.exists():
+        if base.startswith(("results/", ".", "/", "~")) or base.count("/") != 1:
+            return None  # a folder a rule builds later (the demo or SmolLM2 model), or not a Hub id
+        from afinar.preflight import cached_snapshot
+
+        snapshot = cached_snapshot(base)
+        if snapshot is None:
+            return None
+        path = snapshot
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        return None  # no tokenizer files: transformers would make up an empty tokenizer
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(path) if path.exists() else base, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not in the cache / not a tokenizer: nothing to check here
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception:  # noqa: BLE001 - not a usable tokenizer: nothing to check here
         return None
 
 
