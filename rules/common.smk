@@ -17,6 +17,7 @@ from afinar.preflight import (  # noqa: E402
     experiments_needing_models,
 )
 from afinar.runtime import wants_gpu  # noqa: E402
+from afinar.train import dist_config as distributed  # noqa: E402
 from afinar.builtin_models import SMOLLM2_FOLDER  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
@@ -209,8 +210,31 @@ def train_checkpoint_s(wildcards):
 
 
 def train_gpus(wildcards):
-    """One GPU slot for the Unsloth/auto backends; none for `backend: transformers`, the CPU path."""
-    return 1 if wants_gpu(EXPS[wildcards.exp]["treinamento"]["backend"]) else 0
+    """GPUs of the job on this node: `distribuido.gpus` (default 1) for the Unsloth/auto backends; none for
+    `backend: transformers`, the CPU path (its processes then run on the CPU). On several nodes the
+    per-node count goes through `gres` instead (SLURM's --gpus counts the whole job)."""
+    tr = EXPS[wildcards.exp]["treinamento"]
+    if not wants_gpu(tr["backend"]):
+        return 0
+    d = distributed.settings(tr)
+    return d.gpus if d.nos == 1 else None
+
+
+def train_gres(wildcards):
+    """`gpu:N` per node for a GPU training on several SLURM nodes; unset otherwise."""
+    tr = EXPS[wildcards.exp]["treinamento"]
+    d = distributed.settings(tr)
+    return f"gpu:{d.gpus}" if d.nos > 1 and wants_gpu(tr["backend"]) else None
+
+
+def train_slurm(key):
+    """One SLURM geometry resource of a distributed training (nodes, tasks, mpi, ...); unset for one
+    process. See afinar.train.distributed.slurm_resources."""
+
+    def _value(wildcards):
+        return distributed.slurm_resources(EXPS[wildcards.exp]["treinamento"]).get(key)
+
+    return _value
 
 
 def train_env(wildcards):
@@ -221,12 +245,15 @@ def train_env(wildcards):
 
 
 def train_mem_mb(wildcards):
-    """Host memory to reserve: small for the demo model, 8 GB for SmolLM2-135M (3.9 GB peak measured
-    with make demo-real on CPU), generous for other models (override in a profile)."""
+    """Host memory to reserve per node: small for the demo model, 8 GB for SmolLM2-135M (3.9 GB peak
+    measured with make demo-real on CPU), generous for real models (override in a profile), times the
+    training processes of a node."""
     base = EXPS[wildcards.exp]["modelo"]["base"].rstrip("/")
     if base == SMOLLM2_MODEL:
-        return 8000
-    return 4000 if layout.under_results(base) else 32000
+        per_process = 8000
+    else:
+        per_process = 4000 if layout.under_results(base) else 32000
+    return per_process * distributed.settings(EXPS[wildcards.exp]["treinamento"]).gpus
 
 
 def train_runtime(wildcards):
@@ -251,16 +278,28 @@ def predict_inputs(wildcards):
 
 
 def predict_base_inputs(wildcards):
-    """The test split, plus the base model folder when this workflow builds it (no adapter)."""
-    inputs = {"teste": f"{DATA}/teste.parquet"}
+    """The test split, plus the base model folder when this workflow builds it.
+
+    The adapter is an `ancient` input: it only orders predict_base after training (its changes never rerun
+    it), so that predict, of higher priority, can run first and make the base predictions with the model
+    it loaded anyway; predict_base then copies them (afinar.predict.base_cache).
+    """
+    inputs = {
+        "teste": f"{DATA}/teste.parquet",
+        "after_adapter": ancient(str(layout.exp_path(wildcards.exp, layout.ADAPTER))),
+    }
     inputs.update(zip(["base"], base_model_input(wildcards)))
     return inputs
 
 
+#: `predicao` keys that change speed or what runs, never the predictions: not params (no reruns)
+PREDICT_NOT_PARAMS = ("comparar_base", "batch_size")
+
+
 def predict_settings(wildcards):
-    """The experiment's `predicao` section minus `comparar_base` (which only decides if predict_base runs)."""
+    """The experiment's `predicao` keys that shape the predictions (the scripts read the others at run time)."""
     section = exp_params(wildcards, "predicao")
-    return {k: v for k, v in section.items() if k != "comparar_base"}
+    return {k: v for k, v in section.items() if k not in PREDICT_NOT_PARAMS}
 
 
 def predict_model(wildcards):
@@ -295,8 +334,11 @@ def exp_value(section, key):
 
 
 def exp_config(wildcards):
-    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it."""
-    return EXPS[wildcards.exp]
+    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it,
+    without `predicao.batch_size`: a speed setting must never rerun anything (the report included)."""
+    exp = EXPS[wildcards.exp]
+    predicao = {k: v for k, v in exp["predicao"].items() if k != "batch_size"}
+    return {**exp, "predicao": predicao}
 
 
 def report_misc(wildcards):

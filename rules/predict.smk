@@ -2,10 +2,13 @@
 #   predict       results/{exp}/adapter + teste.parquet → results/{exp}/predicoes/teste.jsonl
 #                 (+ treinamento/memoria_predicao.jsonl/.png: RAM and GPU during prediction, the seed's files)
 #   predict_base  teste.parquet (base model only)      → results/{exp}/predicoes/teste_base.jsonl
-#                 (only pulled in by `predicao.comparar_base: true`; it does not depend on the adapter,
-#                  so retraining never reruns it)
+#                 (only pulled in by `predicao.comparar_base: true`; the adapter is an `ancient` input that
+#                  only orders it after training, so retraining never reruns it; predict has the higher
+#                  priority, makes the base predictions first in its own process, and predict_base copies
+#                  them when they match instead of loading the model a second time)
 #   evaluate      predictions                          → results/{exp}/avaliacao/metricas.json + por_registro.csv
-# Params carry exactly what each rule depends on, so that editing other keys never reruns it.
+# Params carry exactly what each rule depends on, so that editing other keys never reruns it
+# (predicao.batch_size, a speed setting, is read by the script at run time: see PREDICT_NOT_PARAMS).
 
 
 rule predict:
@@ -24,6 +27,7 @@ rule predict:
         "results/logs/predict/{exp}.log",
     benchmark:
         "results/benchmarks/predict/{exp}.tsv"
+    priority: 1
     conda:
         train_env
     threads: 4

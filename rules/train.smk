@@ -9,6 +9,10 @@
 # Checkpoints go to results/{exp}/checkpoints/, deliberately NOT an output: Snakemake deletes the outputs
 # of a failed job, and the checkpoints are what lets a killed job resume when snakemake runs again.
 # Metric files grow there too (appended across resumes) and are copied to the outputs at the end.
+# treinamento.distribuido (gpus x nos > 1): the script starts the training processes itself (torchrun; on
+# SLURM srun + torchrun, hence `mpi`, which keeps the executor from wrapping the job in `srun -n1`), and
+# the SLURM geometry resources below say how many tasks/nodes/GPUs to allocate; all unset (None) for one
+# process, so a one-GPU job is submitted exactly as before.
 
 
 rule demo_model:
@@ -84,6 +88,12 @@ rule train:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
         checkpoint_s=train_checkpoint_s,
+        gres=train_gres,
+        nodes=train_slurm("nodes"),
+        tasks=train_slurm("tasks"),
+        tasks_per_node=train_slurm("tasks_per_node"),
+        tasks_per_gpu=train_slurm("tasks_per_gpu"),
+        mpi=train_slurm("mpi"),
     params:
         codigo=library_code("train.py"),
         modelo=exp_section("modelo"),

@@ -97,7 +97,7 @@ def disk_full_message(
     disk must also be nearly full for the error to be taken as this. Without a file name in the error,
     the file is the newest one written under ``folders`` during this job.
     """
-    folders = [Path(f) for f in folders]
+    paths = [Path(f) for f in folders]
     filename: str | None = None
     full = quota = False
     torch_write = False
@@ -110,8 +110,8 @@ def disk_full_message(
             full, quota = True, quota or "quota" in text
         elif any(marker in text for marker in _TORCH_WRITE_FAILED):
             torch_write = True
-    target = Path(filename) if filename else newest_file([f for f in folders if f.is_dir()], since)
-    where = _existing(target.parent if target else (folders[0] if folders else Path.cwd()))
+    target = Path(filename) if filename else newest_file([f for f in paths if f.is_dir()], since)
+    where = _existing(target.parent if target else (paths[0] if paths else Path.cwd()))
     free = shutil.disk_usage(where).free
     if not full and not (torch_write and free < _LOW_SPACE_BYTES):
         return None

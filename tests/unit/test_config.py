@@ -70,7 +70,7 @@ def test_defaults_fill_every_key_of_the_contract():
         and cfg["pastas"]["validacao"]["exigir_json_valido"] is (cfg["formatos"]["formato_saida"] == "json")
     )
     assert cfg["predicao"] == {
-        "batch_size": 16,
+        "batch_size": "auto",
         "max_new_tokens": 512,
         "temperatura": 0.0,
         "top_p": 1.0,

@@ -14,10 +14,8 @@ import pytest
 
 from afinar.errors import AfinarError
 from afinar.predict.generation import (
-    EncodedPrompt,
     GenerationSettings,
     generate_predictions,
-    length_sorted_batches,
     load_for_inference,
     read_test_split,
     run_prediction,
@@ -73,17 +71,16 @@ def test_truncate_middle_keeps_head_and_tail():
     assert truncate_middle(ids, 20) == ids
 
 
-def test_batches_are_longest_first_and_stable():
-    prompts = [EncodedPrompt(i, [0] * n) for i, n in enumerate([3, 9, 3, 5, 9])]
-    batches = length_sorted_batches(prompts, 2)
-    assert [[p.index for p in b] for b in batches] == [[1, 4], [3, 0], [2]]
-
-
 def test_settings_validation_names_the_key():
     with pytest.raises(AfinarError, match="predicao.max_new_tokens"):
         GenerationSettings.from_config({"max_new_tokens": 500}, max_seq_length=512)
     with pytest.raises(AfinarError, match="predicao.batch_size"):
         GenerationSettings.from_config({"batch_size": 0}, max_seq_length=512)
+    with pytest.raises(AfinarError, match="predicao.batch_size"):
+        GenerationSettings.from_config({"batch_size": "big"}, max_seq_length=512)
+    auto = {"batch_size": "auto", "max_new_tokens": 64}
+    assert GenerationSettings.from_config(auto, max_seq_length=512).batch_size is None
+    assert GenerationSettings.from_config({**auto, "batch_size": 8}, max_seq_length=512).batch_size == 8
     s = GenerationSettings.from_config(
         {"temperatura": 0.7, "top_p": 0.9, "n_exemplos": 3}, max_seq_length=1024
     )
@@ -189,7 +186,9 @@ def test_adapter_loads_and_changes_predictions(tiny_base, tmp_path):
     adapter = _save_adapter(tiny_base, tmp_path / "adapter")
     tuned = load_for_inference(str(tiny_base), adapter, backend="transformers")
     base = load_for_inference(str(tiny_base), None, backend="transformers")
-    assert tuned.source == "adapter" and isinstance(tuned.model, PeftModel)
+    # merged into the weights for inference: a plain model, no adapter layers left
+    assert tuned.source == "adapter" and not isinstance(tuned.model, PeftModel)
+    assert "merged=True" in tuned.notes
     records = read_test_split(_write_split(tmp_path / "teste.parquet", 4))
     a = generate_predictions(tuned.model, tuned.tokenizer, records, _settings(), progress=False)
     b = generate_predictions(base.model, base.tokenizer, records, _settings(), progress=False)

@@ -150,3 +150,33 @@ def test_rerun_after_report_template_change_runs_only_the_report(demo: Path) -> 
     finally:
         template.write_bytes(backup)
         shutil.copystat(demo / "scripts" / "afinar" / "__init__.py", template)
+
+
+def test_prediction_batch_size_never_reruns_anything(demo: Path) -> None:
+    """`predicao.batch_size` changes speed, not results: neither a file edit nor --config plans a job."""
+    cfg = _edited_config(demo, "batch.yaml", lambda c: c["predicao"].update(batch_size=3))
+    for args in (("--configfile", cfg), ("--config", "predicao={batch_size: auto}")):
+        proc = run_snakemake(demo, "-n", *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert planned_jobs(proc.stdout + proc.stderr) == {}, (args, proc.stdout[-3000:])
+
+
+def test_retraining_never_reruns_the_base_predictions(demo: Path) -> None:
+    cfg = _edited_config(demo, "lora_r4.yaml", lambda c: c.setdefault("lora", {}).update(r=4))
+    proc = run_snakemake(demo, "-n", "--configfile", cfg)
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert {"train", "predict", "evaluate"} <= set(jobs), proc.stdout[-3000:]
+    assert "predict_base" not in jobs
+
+
+def test_base_and_tuned_predictions_share_one_model_load(demo: Path) -> None:
+    """predict (higher priority) made the base predictions with the model it had loaded; predict_base copied
+    them instead of loading the model again, and they are the base model's, not the adapter's."""
+    exp = _exp(demo)
+    predict_log = (demo / "results" / "logs" / "predict" / f"{exp}.log").read_text()
+    base_log = (demo / "results" / "logs" / "predict_base" / f"{exp}.log").read_text()
+    assert "predict (base model, for predict_base)" in predict_log and "tokens/s" in predict_log
+    assert "reused the base-model predictions" in base_log and "loaded the" not in base_log
+    tuned = (demo / "results" / exp / "predicoes" / "teste.jsonl").read_text().splitlines()
+    base = (demo / "results" / exp / "predicoes" / "teste_base.jsonl").read_text().splitlines()
+    assert len(tuned) == len(base) and tuned != base

@@ -42,6 +42,16 @@ class TokenFilterSettings:
 
 
 @dataclass(frozen=True)
+class DistributedSettings:
+    """``treinamento.distribuido``: one training on several GPUs/nodes (afinar.train.distributed)."""
+
+    gpus: int
+    nos: int
+    estrategia: str
+    batch_global: int | None
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """``treinamento``: every key of the section, typed (docs/config.md explains each one)."""
 
@@ -75,6 +85,7 @@ class TrainSettings:
     agrupar_por_tamanho: bool
     pad_to_multiple_of: int | None
     max_steps: int
+    distribuido: DistributedSettings
     filtro_tokens: TokenFilterSettings
 
     @property
@@ -108,7 +119,7 @@ class LoraSettings:
 class PredictSettings:
     """``predicao``: decoding settings of the predict rules."""
 
-    batch_size: int
+    batch_size: int | str  # a number, or "auto" (afinar.predict.batching)
     max_new_tokens: int
     temperatura: float
     top_p: float

@@ -53,11 +53,23 @@ _PREDICAO = section_defaults("predicao")
 _MAX_SEQ_LENGTH = int(section_defaults("treinamento")["max_seq_length"])
 
 
+def _batch_setting(value: Any) -> int | None:
+    """``predicao.batch_size``: None for ``auto`` (afinar.predict.batching), else a whole number."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise AfinarError(f"predicao.batch_size: {value!r} — use a positive whole number or auto")
+    try:
+        return int(value)
+    except ValueError:
+        raise AfinarError(f"predicao.batch_size: {value!r} — use a positive whole number or auto") from None
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """What controls decoding; built from the experiment's ``predicao`` section and ``max_seq_length``."""
 
-    batch_size: int = int(_PREDICAO["batch_size"])
+    batch_size: int | None = _batch_setting(_PREDICAO["batch_size"])  # None = auto; a speed setting only
     max_new_tokens: int = int(_PREDICAO["max_new_tokens"])
     temperatura: float = float(_PREDICAO["temperatura"])
     top_p: float = float(_PREDICAO["top_p"])
@@ -70,7 +82,7 @@ class GenerationSettings:
         """Read the normalized ``predicao`` section (keys of docs/architecture.md); missing keys take the schema's defaults."""
         p = {**_PREDICAO, **predicao}
         settings = cls(
-            batch_size=int(p["batch_size"]),
+            batch_size=_batch_setting(p["batch_size"]),
             max_new_tokens=int(p["max_new_tokens"]),
             temperatura=float(p["temperatura"] or 0.0),
             top_p=float(p["top_p"]),
@@ -91,7 +103,7 @@ class GenerationSettings:
 
     def check(self) -> None:
         """Reject settings that cannot work, naming the key to change."""
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise AfinarError(f"predicao.batch_size: {self.batch_size} — must be at least 1")
         if self.max_new_tokens < 1:
             raise AfinarError(f"predicao.max_new_tokens: {self.max_new_tokens} — must be at least 1")
@@ -102,6 +114,17 @@ class GenerationSettings:
         problem = prompt_room_problem(self.max_seq_length, self.max_new_tokens)  # validate's own rule
         if problem:
             raise AfinarError(problem)
+
+
+def run_config_predicao(raw_config: dict, exp: str) -> dict[str, Any]:
+    """The experiment's ``predicao`` section, read from the run's config when the job runs.
+
+    Settings that change speed but not results (``batch_size``) and ``comparar_base`` reach the predict
+    jobs this way rather than as rule params, since Snakemake reruns a job whose params changed.
+    """
+    from afinar.config import experiments, load_config
+
+    return experiments(load_config(dict(raw_config)))[exp]["predicao"]
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -285,12 +308,6 @@ def encode_prompts(
     return out
 
 
-def length_sorted_batches(prompts: Sequence[EncodedPrompt], batch_size: int) -> list[list[EncodedPrompt]]:
-    """Longest first, stable for equal lengths, cut into batches of ``batch_size``."""
-    ordered = sorted(prompts, key=lambda p: (-len(p.ids), p.index))
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
-
-
 # --------------------------------------------------------------------------------------- generation
 
 
@@ -354,6 +371,93 @@ def _output_length(row: list[int], stop_ids: set[int]) -> tuple[int, bool]:
     return len(row), True
 
 
+#: decoding engines: "auto" = the static CUDA-graph decoder on a GPU where the model allows it, else
+#: ``generate``; "generate" forces the old path (the benchmark's baseline), "static" the new one
+ENGINES = ("auto", "static", "generate")
+
+
+class _GenerateEngine:
+    """``model.generate`` on one left-padded batch (the CPU path, and the fallback on a GPU)."""
+
+    name = "generate"
+
+    def __init__(self, model: Any, cfg: Any, pad: int) -> None:
+        self.model, self.cfg, self.pad = model, cfg, pad
+        self.device = _model_device(model)
+
+    def generate(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+        import torch
+
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+            attention[row, width - len(ids) :] = 1
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            generation_config=self.cfg,
+        )
+        return out[:, width:].cpu().tolist()
+
+    def release(self) -> None:
+        pass
+
+
+def _is_quantized(model: Any) -> bool:
+    return bool(getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None))
+
+
+def choose_engine(
+    model: Any, cfg: Any, tokenizer: Any, settings: GenerationSettings, engine: Any = "auto"
+) -> Any:
+    """The static CUDA-graph decoder where it applies (CUDA, an unquantized model with plain causal
+    attention), else ``generate``. ``engine`` forces one (``static`` also runs eagerly on a CPU)."""
+    from afinar.predict.decoding import Sampling, StaticDecoder
+
+    if not isinstance(engine, str):
+        return engine  # an engine object built by the caller (the benchmark's measured decoder)
+    if engine not in ENGINES:
+        raise AfinarError(f"engine: {engine!r} — use one of {', '.join(ENGINES)}")
+    device = _model_device(model)
+    static = engine == "static" or (engine == "auto" and device.type == "cuda" and not _is_quantized(model))
+    if not static:
+        return _GenerateEngine(model, cfg, tokenizer.pad_token_id)
+    sampling = Sampling(settings.temperatura, settings.top_p) if settings.sampling else None
+    decoder = StaticDecoder(
+        model, tokenizer.pad_token_id, cfg.eos_token_id or [], settings.max_new_tokens, sampling=sampling
+    )
+    return decoder
+
+
+def _batch_sizer(model: Any, settings: GenerationSettings, device: Any) -> Any:
+    """A function (longest prompt length) → batch size: the fixed ``batch_size``, or ``auto``'s estimate."""
+    from afinar.predict.batching import CPU_BATCH, MEMORY_SHARE, MemoryModel, auto_batch_size, free_gpu_bytes
+    from afinar.predict.decoding import bucket_length
+
+    if settings.batch_size is not None:
+        fixed = settings.batch_size
+        return lambda _length: fixed
+    if device.type != "cuda":
+        return lambda _length: CPU_BATCH
+    memory = MemoryModel.of(model)
+    budget = int(free_gpu_bytes() * MEMORY_SHARE)
+    log.info("batch_size auto: planning with %.1f GB of free GPU memory", budget / 1e9)
+
+    def size(length: int) -> int:
+        prompt = bucket_length(length)
+        return auto_batch_size(memory, budget, prompt, prompt + settings.max_new_tokens)
+
+    return size
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 def generate_predictions(
     model: Any,
     tokenizer: Any,
@@ -361,51 +465,79 @@ def generate_predictions(
     settings: GenerationSettings,
     desc: str = "predict",
     progress: bool = True,
+    engine: Any = "auto",
 ) -> list[Prediction]:
-    """Generate an answer for every record, batched by length; returns predictions in record order."""
+    """Generate an answer for every record, longest prompts first; returns predictions in record order.
+
+    Batches follow ``predicao.batch_size`` (a number, or ``auto``: sized from free GPU memory). An
+    out-of-memory error halves the batch that hit it and retries it; predictions already made stay.
+    """
     import torch
-    from tqdm.auto import tqdm
 
     if not records:
         raise AfinarError("test split: no records to predict — check predicao.n_exemplos and the test split")
+    from afinar.predict.batching import ProgressLog
+    from afinar.predict.decoding import Unsupported
+
     prepare_tokenizer(tokenizer)
     texts = render_prompts(tokenizer, records)
     prompts = encode_prompts(tokenizer, texts, [r.id for r in records], settings.max_prompt_tokens)
     cfg = generation_config(model, tokenizer, settings)
     stop_ids = set(cfg.eos_token_id or [])
-    device = _model_device(model)
-    pad = tokenizer.pad_token_id
     model.eval()
+    device = _model_device(model)
     if settings.sampling:
         torch.manual_seed(settings.seed)
+    decoder = choose_engine(model, cfg, tokenizer, settings, engine)
+    size_for = _batch_sizer(model, settings, device)
     results: list[Prediction | None] = [None] * len(records)
-    interactive = sys.stderr.isatty()
-    bar = tqdm(
-        total=len(records),
-        desc=desc,
-        unit="ex",
-        file=sys.stderr,
-        disable=not progress,
-        mininterval=0.5 if interactive else 30.0,
-        dynamic_ncols=True,
-    )
+    queue = sorted(prompts, key=lambda p: (-len(p.ids), p.index))
+    cap = len(queue)  # lowered by out-of-memory errors
+    meter = ProgressLog(desc, len(records), interval_s=15.0 if progress else math.inf)
+    sizes: list[int] = []
     started = time.perf_counter()
-    with torch.inference_mode(), bar:
-        for batch in length_sorted_batches(prompts, settings.batch_size):
-            width = max(len(p.ids) for p in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, p in enumerate(batch):
-                input_ids[row, width - len(p.ids) :] = torch.tensor(p.ids, dtype=torch.long)
-                attention[row, width - len(p.ids) :] = 1
+    with torch.inference_mode():
+        while queue:
+            n = max(1, min(cap, size_for(len(queue[0].ids)), len(queue)))
+            batch, rest = queue[:n], queue[n:]
             t0 = time.perf_counter()
-            out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=cfg
-            )
-            new_tokens = out[:, width:].cpu().tolist()
-            seconds = (time.perf_counter() - t0) / len(batch)
-            for p, row in zip(batch, new_tokens, strict=True):
+            try:
+                rows = decoder.generate([p.ids for p in batch])
+            except Unsupported as exc:
+                log.warning(
+                    "%s: the static decoder does not handle this model (%s); decoding with generate",
+                    desc,
+                    exc,
+                )
+                decoder.release()
+                decoder = _GenerateEngine(model, cfg, tokenizer.pad_token_id)
+                continue
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                decoder.release()
+                _free_cuda()
+                if n == 1:
+                    raise AfinarError(
+                        f"record {records[batch[0].index].id}: out of GPU memory on a single prompt of "
+                        f"{len(batch[0].ids)} tokens — lower predicao.max_new_tokens or treinamento.max_seq_length, "
+                        "or use a GPU with more memory"
+                    ) from None
+                cap = n // 2
+                log.warning(
+                    "%s: out of GPU memory on a batch of %d prompts; retrying it in batches of %d",
+                    desc,
+                    n,
+                    cap,
+                )
+                continue
+            queue = rest
+            sizes.append(n)
+            seconds = (time.perf_counter() - t0) / n
+            made = 0
+            for p, row in zip(batch, rows, strict=True):
                 n_out, hit_limit = _output_length(row, stop_ids)
+                made += n_out
                 text = tokenizer.decode(row[:n_out], skip_special_tokens=True).strip()
                 record = records[p.index]
                 results[p.index] = Prediction(
@@ -420,24 +552,33 @@ def generate_predictions(
                     limite_atingido=hit_limit,
                 )
                 log.debug("record %s: %d prompt tokens → %d output tokens", record.id, len(p.ids), n_out)
-            bar.update(len(batch))
+            meter.update(n, made)
+    decoder.release()
     predictions = [p for p in results if p is not None]
-    _log_summary(predictions, time.perf_counter() - started, settings, desc)
+    _log_summary(predictions, time.perf_counter() - started, settings, desc, decoder.name, sizes)
     return predictions
 
 
 def _log_summary(
-    predictions: Sequence[Prediction], elapsed: float, settings: GenerationSettings, desc: str
+    predictions: Sequence[Prediction],
+    elapsed: float,
+    settings: GenerationSettings,
+    desc: str,
+    engine: str = "generate",
+    sizes: Sequence[int] = (),
 ) -> None:
     n = len(predictions)
     out_tokens = sum(p.tokens_saida for p in predictions)
     log.info(
-        "%s: %d records in %.1f s (%.1f output tokens/s, batch_size %d, %s decoding)",
+        "%s: %d records in %.1f s (%.1f output tokens/s, %s engine, %d batches of %s prompts%s, %s decoding)",
         desc,
         n,
         elapsed,
         out_tokens / elapsed if elapsed > 0 else math.nan,
-        settings.batch_size,
+        engine,
+        len(sizes),
+        f"{min(sizes)}-{max(sizes)}" if sizes and min(sizes) != max(sizes) else (sizes[0] if sizes else 0),
+        "" if settings.batch_size else ", batch_size auto",
         f"sampling T={settings.temperatura} top_p={settings.top_p}" if settings.sampling else "greedy",
     )
     empty = [p.id for p in predictions if not p.gerado]
@@ -474,6 +615,7 @@ class LoadedModel:
     source: str  # "adapter", "full" (lora.r = 0) or "base"
     backend: str
     notes: list[str] = field(default_factory=list)
+    base: str = ""  # the resolved base model source (set by load_base)
 
 
 def adapter_kind(folder: str | Path) -> str | None:
@@ -518,29 +660,39 @@ def _effective_bits(nbits: int) -> int:
     return nbits if nbits in (4, 8) else 16
 
 
-def _load_base_transformers(source: str, nbits: int, precisao: str = "auto") -> Any:
+def _load_base_transformers(source: str, nbits: int, precisao: str = "auto") -> tuple[Any, int]:
+    """The base model for prediction and the bits it was loaded with.
+
+    An adapter trained on a 4/8-bit base is predicted on the de-quantised (bf16) base where it fits in
+    GPU memory, as the export does: the adapter can then be merged into the weights and the model
+    decoded by the static CUDA-graph decoder. Where it does not fit, the quantized base is loaded.
+    """
     import torch
 
     from afinar.train.models import load_causal_lm
 
     bits = _effective_bits(nbits)
+    if bits in (4, 8):
+        try:
+            model = load_causal_lm(source, _torch_dtype(precisao), 16).to("cuda")
+            log.info(
+                "treinamento.nbits %d: predicting on the de-quantised %s base (the adapter is merged into it)",
+                bits,
+                _torch_dtype(precisao),
+            )
+            return model, 16
+        except torch.OutOfMemoryError:
+            model = None
+            _free_cuda()
+            log.warning(
+                "treinamento.nbits %d: the de-quantised base does not fit in GPU memory; loading it in %d bits",
+                bits,
+                bits,
+            )
     model = load_causal_lm(source, _torch_dtype(precisao), bits)
     if bits == 16 and torch.cuda.is_available():
         model = model.to("cuda")
-    return model
-
-
-def _load_base_unsloth(base: str, nbits: int, max_seq_length: int) -> tuple[Any, Any]:
-    from unsloth import FastLanguageModel
-
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=base,
-        max_seq_length=max_seq_length,
-        load_in_4bit=nbits == 4,
-        load_in_8bit=nbits == 8,
-        dtype=None,
-    )
-    return model, tokenizer
+    return model, bits
 
 
 def _attach_adapter(model: Any, base: str, adapter_dir: Path) -> Any:
@@ -581,18 +733,20 @@ def load_for_inference(
     nbits: int = 0,
     max_seq_length: int = 4096,
     precisao: str = "auto",
+    merge: bool = True,
 ) -> LoadedModel:
     """Load the base model (+ the trained adapter in ``adapter_dir``, unless None) ready for generation.
 
     ``adapter_dir`` may hold a PEFT adapter or a full model (``lora.r: 0``); anything else is an error
     that says how to train it. The tokenizer saved next to the adapter wins over the base model's, since
     it carries the chat template training used; a base tokenizer without a template gets the same family
-    fallback training would install (``afinar.train.chat``). With the Unsloth backend, ``for_inference``
-    switches on its fast generation path.
-    """
-    from afinar.train.chat import ensure_chat_template
-    from afinar.train.models import load_tokenizer, resolve_model_source
+    fallback training would install (``afinar.train.chat``).
 
+    Prediction always loads with transformers + PEFT, whatever ``treinamento.backend`` trained the
+    adapter (it is a plain PEFT adapter either way): the static CUDA-graph decoder needs the model's own
+    forward, not a patched one. ``backend`` and ``max_seq_length`` are kept for the callers' sake.
+    """
+    del backend, max_seq_length
     kind = None
     if adapter_dir is not None:
         adapter_dir = Path(adapter_dir)
@@ -602,34 +756,61 @@ def load_for_inference(
                 f"{adapter_dir}: no trained adapter there (adapter_config.json + adapter_model.safetensors, or a "
                 f"full model) — train it first: `snakemake {adapter_dir}`, or predict with the base model"
             )
-    has_tokenizer = adapter_dir is not None and any((adapter_dir / f).is_file() for f in TOKENIZER_FILES)
     if kind == "full":
-        chosen = "transformers"
-        model = _load_base_transformers(str(adapter_dir), nbits, precisao)
-        tokenizer = None
-    else:
-        base = resolve_model_source(base)
-        chosen = resolve_backend(backend)
-        if chosen == "unsloth":
-            model, tokenizer = _load_base_unsloth(base, nbits, max_seq_length)
-        else:
-            model, tokenizer = _load_base_transformers(base, nbits, precisao), None
-        if kind == "lora" and adapter_dir is not None:
-            model = _attach_adapter(model, base, adapter_dir)
-    if has_tokenizer:
-        tokenizer = load_tokenizer(str(adapter_dir))
-    elif tokenizer is None:
-        tokenizer = load_tokenizer(base)
-    ensure_chat_template(tokenizer, base)
-    source = {"lora": "adapter", "full": "full", None: "base"}[kind]
-    loaded = LoadedModel(model, tokenizer, source, chosen)
-    if chosen == "unsloth":
-        from unsloth import FastLanguageModel
+        from afinar.train.chat import ensure_chat_template
+        from afinar.train.models import load_tokenizer
 
-        FastLanguageModel.for_inference(loaded.model)
+        model, _bits = _load_base_transformers(str(adapter_dir), nbits, precisao)
+        tokenizer = load_tokenizer(str(adapter_dir))
+        ensure_chat_template(tokenizer, base)
+        return _ready(LoadedModel(model, tokenizer, "full", "transformers"), adapter_dir)
+    loaded = load_base(base, nbits, precisao)
+    if kind == "lora" and adapter_dir is not None:
+        loaded = apply_adapter(loaded, base, adapter_dir, merge=merge)
+    return loaded
+
+
+def load_base(base: str, nbits: int = 0, precisao: str = "auto") -> LoadedModel:
+    """The base model and its tokenizer (the ``predict_base`` rule, and the first half of ``predict``)."""
+    from afinar.train.chat import ensure_chat_template
+    from afinar.train.models import load_tokenizer, resolve_model_source
+
+    source = resolve_model_source(base)
+    model, bits = _load_base_transformers(source, nbits, precisao)
+    tokenizer = load_tokenizer(source)
+    ensure_chat_template(tokenizer, source)
+    loaded = LoadedModel(model, tokenizer, "base", "transformers")
+    loaded.notes.append(f"bits={bits}")
+    loaded.base = source
+    return _ready(loaded, source)
+
+
+def apply_adapter(loaded: LoadedModel, base: str, adapter_dir: str | Path, merge: bool = True) -> LoadedModel:
+    """Put the trained LoRA adapter on a loaded base model, merged into its weights unless the base is
+    quantized (or ``merge`` is False): a merged model decodes at the base model's speed, with no adapter
+    matmuls. The adapter's own tokenizer (with the template training used) replaces the base's."""
+    from afinar.train.chat import ensure_chat_template
+    from afinar.train.models import load_tokenizer
+
+    adapter_dir = Path(adapter_dir)
+    source = loaded.base or base
+    model = _attach_adapter(loaded.model, source, adapter_dir)
+    merged = merge and not _is_quantized(loaded.model)
+    if merged:
+        model = model.merge_and_unload()
+    tokenizer = loaded.tokenizer
+    if any((adapter_dir / f).is_file() for f in TOKENIZER_FILES):
+        tokenizer = load_tokenizer(str(adapter_dir))
+        ensure_chat_template(tokenizer, source)
+    out = LoadedModel(model, tokenizer, "adapter", "transformers", [*loaded.notes, f"merged={merged}"])
+    log.info("adapter %s %s", adapter_dir, "merged into the base weights" if merged else "applied unmerged")
+    return _ready(out, adapter_dir)
+
+
+def _ready(loaded: LoadedModel, origin: Any) -> LoadedModel:
     loaded.model.eval()
     prepare_tokenizer(loaded.tokenizer)
-    log.info("loaded the %s model (%s backend) from %s", source, chosen, adapter_dir if kind else base)
+    log.info("loaded the %s model from %s", loaded.source, origin)
     return loaded
 
 
@@ -653,22 +834,43 @@ def run_prediction(
     nbits: int = 0,
     memory_jsonl: str | Path | None = None,
     memory_png: str | Path | None = None,
+    base_cache: str | Path | None = None,
     precisao: str = "auto",
 ) -> list[Prediction]:
     """The predict rule: test split → predictions JSONL (adapter, or base when ``adapter_dir`` is None).
 
     While it runs, a background sampler writes RAM/GPU use to ``memory_jsonl`` and, at the end, the
-    seed's chart ``memory_png`` (both optional).
+    seed's chart ``memory_png`` (both optional). ``base_cache`` (afinar.predict.base_cache): with a LoRA
+    adapter, the base model's predictions are made first with the same loaded model and kept there
+    (unless already kept); without an adapter, a kept file is copied to ``out_path`` instead of predicting.
     """
     from contextlib import nullcontext
 
+    from afinar.predict import base_cache as cache
     from afinar.predict.memory import memory_sampler, plot_prediction_memory
 
+    kept = Path(base_cache) if base_cache is not None else None
+    if adapter_dir is None and kept is not None and cache.reuse(kept, out_path):
+        return []
     records = read_test_split(test_split, settings.n_exemplos)
     log.info("%d test records from %s (n_exemplos=%d)", len(records), test_split, settings.n_exemplos)
     sampler = memory_sampler(memory_jsonl) if memory_jsonl else nullcontext()
     with sampler:
-        loaded = load_for_inference(base, adapter_dir, backend, nbits, settings.max_seq_length, precisao)
+        if adapter_dir is not None and adapter_kind(adapter_dir) == "lora":
+            loaded = load_base(base, nbits, precisao)
+            if kept is not None and not kept.is_file():
+                both = generate_predictions(
+                    loaded.model,
+                    loaded.tokenizer,
+                    records,
+                    settings,
+                    desc="predict (base model, for predict_base)",
+                )
+                write_predictions(kept, both)
+                cache.prune(kept)
+            loaded = apply_adapter(loaded, base, adapter_dir)
+        else:
+            loaded = load_for_inference(base, adapter_dir, backend, nbits, settings.max_seq_length, precisao)
         label = "predict (base model)" if loaded.source == "base" else "predict"
         predictions = generate_predictions(loaded.model, loaded.tokenizer, records, settings, desc=label)
     write_predictions(out_path, predictions)
