@@ -17,6 +17,8 @@ from afinar.preflight import (  # noqa: E402
     experiments_needing_models,
 )
 from afinar.runtime import wants_gpu  # noqa: E402
+from afinar.train import dist_config as distributed  # noqa: E402
+from afinar.builtin_models import SMOLLM2_FOLDER  # noqa: E402
 from afinar.config.profile_check import (  # noqa: E402
     check_slurm_partitions,
     check_workflow_placeholders,
@@ -167,6 +169,7 @@ def all_targets(wildcards):
 
 # --- helpers of rules/train.smk ------------------------------------------------------------
 DEMO_MODEL = layout.DEMO_MODEL
+SMOLLM2_MODEL = SMOLLM2_FOLDER  # modelo.base: smollm2-135m-instruct resolves here
 
 
 def demo_corpus(wildcards):
@@ -190,9 +193,7 @@ def train_inputs(wildcards):
         "validacao": f"{DATA}/validacao.parquet",
         "filtro_tokens": f"{DATA}/filtro_tokens/{wildcards.exp}.json",
     }
-    base = EXPS[wildcards.exp]["modelo"]["base"]
-    if base.rstrip("/") == DEMO_MODEL:
-        inputs["base"] = DEMO_MODEL
+    inputs.update(zip(["base"], base_model_input(wildcards)))
     return inputs
 
 
@@ -209,8 +210,31 @@ def train_checkpoint_s(wildcards):
 
 
 def train_gpus(wildcards):
-    """One GPU slot for the Unsloth/auto backends; none for `backend: transformers`, the CPU path."""
-    return 1 if wants_gpu(EXPS[wildcards.exp]["treinamento"]["backend"]) else 0
+    """GPUs of the job on this node: `distribuido.gpus` (default 1) for the Unsloth/auto backends; none for
+    `backend: transformers`, the CPU path (its processes then run on the CPU). On several nodes the
+    per-node count goes through `gres` instead (SLURM's --gpus counts the whole job)."""
+    tr = EXPS[wildcards.exp]["treinamento"]
+    if not wants_gpu(tr["backend"]):
+        return 0
+    d = distributed.settings(tr)
+    return d.gpus if d.nos == 1 else None
+
+
+def train_gres(wildcards):
+    """`gpu:N` per node for a GPU training on several SLURM nodes; unset otherwise."""
+    tr = EXPS[wildcards.exp]["treinamento"]
+    d = distributed.settings(tr)
+    return f"gpu:{d.gpus}" if d.nos > 1 and wants_gpu(tr["backend"]) else None
+
+
+def train_slurm(key):
+    """One SLURM geometry resource of a distributed training (nodes, tasks, mpi, ...); unset for one
+    process. See afinar.train.distributed.slurm_resources."""
+
+    def _value(wildcards):
+        return distributed.slurm_resources(EXPS[wildcards.exp]["treinamento"]).get(key)
+
+    return _value
 
 
 def train_env(wildcards):
@@ -221,17 +245,23 @@ def train_env(wildcards):
 
 
 def train_mem_mb(wildcards):
-    """Host memory to reserve: small for the demo model, generous for real models (override in a profile)."""
-    return (
-        4000 if layout.under_results(EXPS[wildcards.exp]["modelo"]["base"]) else 32000
-    )
+    """Host memory to reserve per node: small for the demo model, 8 GB for SmolLM2-135M (3.9 GB peak
+    measured with make demo-real on CPU), generous for real models (override in a profile), times the
+    training processes of a node."""
+    base = EXPS[wildcards.exp]["modelo"]["base"].rstrip("/")
+    if base == SMOLLM2_MODEL:
+        per_process = 8000
+    else:
+        per_process = 4000 if layout.under_results(base) else 32000
+    return per_process * distributed.settings(EXPS[wildcards.exp]["treinamento"]).gpus
 
 
 def train_runtime(wildcards):
     """Minutes (SLURM time limit); a killed job resumes from its checkpoints on the next run."""
-    return (
-        30 if layout.under_results(EXPS[wildcards.exp]["modelo"]["base"]) else 24 * 60
-    )
+    base = EXPS[wildcards.exp]["modelo"]["base"].rstrip("/")
+    if base == SMOLLM2_MODEL:
+        return 120
+    return 30 if layout.under_results(base) else 24 * 60
 
 
 # --- helpers of rules/predict.smk ------------------------------------------------------------
@@ -304,8 +334,11 @@ def exp_value(section, key):
 
 
 def exp_config(wildcards):
-    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it."""
-    return EXPS[wildcards.exp]
+    """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it,
+    without `predicao.batch_size`: a speed setting must never rerun anything (the report included)."""
+    exp = EXPS[wildcards.exp]
+    predicao = {k: v for k, v in exp["predicao"].items() if k != "batch_size"}
+    return {**exp, "predicao": predicao}
 
 
 def report_misc(wildcards):

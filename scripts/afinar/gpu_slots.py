@@ -1,9 +1,12 @@
-"""One GPU per training job when Snakemake runs several at once on a multi-GPU workstation.
+"""GPUs per job (one, or N for a distributed training) when Snakemake runs several jobs at once on a
+multi-GPU workstation.
 
 ``snakemake --resources gpu=2`` lets two ``train`` jobs run together, but Snakemake does not say which
-GPU each should use: both would see every GPU and pile onto GPU 0. Each job therefore claims a slot: an
-exclusive ``fcntl.flock`` on ``gpu-<id>.lock`` in a shared folder, and narrows ``CUDA_VISIBLE_DEVICES``
-to that GPU *before* torch is imported (CUDA reads the variable once). The kernel drops the lock when
+GPU each should use: both would see every GPU and pile onto GPU 0. Each job therefore claims its GPUs:
+an exclusive ``fcntl.flock`` on ``gpu-<id>.lock`` in a shared folder per GPU, all of a job's GPUs at once
+(two 2-GPU jobs on a 4-GPU machine never share a card), and narrows ``CUDA_VISIBLE_DEVICES`` to them
+*before* torch is imported (CUDA reads the variable once); the training processes a distributed job
+starts inherit it. The kernel drops the lock when
 the process ends, however it ends (even ``kill -9``), so a crashed job never leaks its GPU.
 ``CUDA_VISIBLE_DEVICES`` set by the user or by SLURM is respected: only those GPUs are shared out.
 """
@@ -62,17 +65,26 @@ def line_is_gpu(line: str) -> bool:
 
 @dataclass
 class GpuSlot:
-    """A claimed GPU; the lock lives as long as this object's file handle (or the process)."""
+    """Claimed GPUs; the locks live as long as this object's file handles (or the process)."""
 
-    gpu: str | None
-    lock_path: Path | None = None
-    _handle: IO | None = field(default=None, repr=False)
+    gpus: list[str] = field(default_factory=list)
+    lock_paths: list[Path] = field(default_factory=list)
+    _handles: list[IO] = field(default_factory=list, repr=False)
+
+    @property
+    def gpu(self) -> str | None:
+        """The first claimed GPU (the only one of a one-GPU job); None without a GPU."""
+        return self.gpus[0] if self.gpus else None
+
+    @property
+    def lock_path(self) -> Path | None:
+        return self.lock_paths[0] if self.lock_paths else None
 
     def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        for handle in self._handles:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        self._handles = []
 
     def __enter__(self) -> GpuSlot:
         return self
@@ -85,9 +97,13 @@ def _safe(gpu: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in gpu)
 
 
-def try_claim(gpus: list[str], lock_dir: Path) -> GpuSlot | None:
-    """Lock the first free GPU of ``gpus``; None when all are taken."""
+def try_claim(gpus: list[str], lock_dir: Path, n: int = 1) -> GpuSlot | None:
+    """Lock ``n`` free GPUs of ``gpus`` at once; None (holding nothing) when fewer than ``n`` are free.
+
+    All or nothing: a job that held some GPUs while waiting for more could deadlock with another job
+    doing the same, so partial claims are given back at once."""
     lock_dir.mkdir(parents=True, exist_ok=True)
+    slot = GpuSlot()
     for gpu in gpus:
         path = lock_dir / f"gpu-{_safe(gpu)}.lock"
         handle = open(path, "a+")  # noqa: SIM115 (kept open: the lock lives with the handle)
@@ -100,8 +116,63 @@ def try_claim(gpus: list[str], lock_dir: Path) -> GpuSlot | None:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        return GpuSlot(gpu, path, handle)
+        slot.gpus.append(gpu)
+        slot.lock_paths.append(path)
+        slot._handles.append(handle)
+        if len(slot.gpus) == n:
+            return slot
+    slot.release()
     return None
+
+
+def claim_gpus(
+    n: int = 1,
+    gpus: list[str] | None = None,
+    lock_dir: str | Path | None = None,
+    timeout_s: float = 0.0,
+    poll_s: float = 2.0,
+    set_env: bool = True,
+) -> GpuSlot:
+    """Claim ``n`` GPUs for this process (and the training processes it starts) and narrow
+    ``CUDA_VISIBLE_DEVICES`` to them.
+
+    When exactly ``n`` GPUs are visible nothing is locked (nothing to share out; the usual case on a
+    SLURM node, which hands each job its own). When fewer than ``n`` are free, waits up to ``timeout_s``
+    (0 = fail at once) and then raises an AfinarError that says why; fewer than ``n`` visible at all is
+    an AfinarError at once.
+    """
+    gpus = visible_gpus() if gpus is None else gpus
+    if n <= 0 or not gpus:
+        return GpuSlot()
+    if len(gpus) < n:
+        raise AfinarError(
+            f"treinamento.distribuido.gpus: {n} GPUs asked for but this job sees only {len(gpus)} "
+            f"({','.join(gpus)}) — lower distribuido.gpus or run where {n} GPUs are free"
+        )
+    if len(gpus) == n:
+        return GpuSlot(list(gpus))
+    if set_env and "torch" in sys.modules:
+        log.warning("torch was imported before a GPU was chosen: CUDA_VISIBLE_DEVICES may not take effect")
+    lock_dir = Path(lock_dir) if lock_dir else default_lock_dir()
+    deadline = time.monotonic() + timeout_s
+    waited = False
+    while True:
+        slot = try_claim(gpus, lock_dir, n)
+        if slot is not None:
+            if set_env:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(slot.gpus)
+            log.info("using GPU(s) %s (locks in %s)", ",".join(slot.gpus), lock_dir)
+            return slot
+        if time.monotonic() >= deadline:
+            busy = "all in use" if n == 1 else f"fewer than {n} free, the others in use"
+            raise AfinarError(
+                f"GPUs {','.join(gpus)}: {busy} by other afinar jobs (locks in {lock_dir}) — run with "
+                "--resources gpu=N where N is at most the number of GPUs, or wait for them to finish"
+            )
+        if not waited:
+            log.info("fewer than %d of %d GPUs are free: waiting", n, len(gpus))
+            waited = True
+        time.sleep(poll_s)
 
 
 def claim_gpu(
@@ -111,32 +182,5 @@ def claim_gpu(
     poll_s: float = 2.0,
     set_env: bool = True,
 ) -> GpuSlot:
-    """Claim one GPU for this process and narrow ``CUDA_VISIBLE_DEVICES`` to it.
-
-    With zero or one visible GPU nothing is locked (nothing to share out). When every GPU is taken,
-    waits up to ``timeout_s`` (0 = fail at once) and then raises an AfinarError that says why.
-    """
-    gpus = visible_gpus() if gpus is None else gpus
-    if len(gpus) <= 1:
-        return GpuSlot(gpus[0] if gpus else None)
-    if set_env and "torch" in sys.modules:
-        log.warning("torch was imported before a GPU was chosen: CUDA_VISIBLE_DEVICES may not take effect")
-    lock_dir = Path(lock_dir) if lock_dir else default_lock_dir()
-    deadline = time.monotonic() + timeout_s
-    waited = False
-    while True:
-        slot = try_claim(gpus, lock_dir)
-        if slot is not None:
-            if set_env:
-                os.environ["CUDA_VISIBLE_DEVICES"] = slot.gpu or ""
-            log.info("using GPU %s (slot %s)", slot.gpu, slot.lock_path)
-            return slot
-        if time.monotonic() >= deadline:
-            raise AfinarError(
-                f"GPUs {','.join(gpus)}: all in use by other afinar jobs (locks in {lock_dir}) — run with "
-                "--resources gpu=N where N is at most the number of GPUs, or wait for them to finish"
-            )
-        if not waited:
-            log.info("all %d GPUs are busy: waiting for one to free up", len(gpus))
-            waited = True
-        time.sleep(poll_s)
+    """Claim one GPU (the prediction rule and one-GPU trainings): :func:`claim_gpus` with ``n=1``."""
+    return claim_gpus(1, gpus, lock_dir, timeout_s, poll_s, set_env)

@@ -40,6 +40,56 @@ def _gpu_fields() -> dict[str, float]:
     return fields
 
 
+def nvml_targets(visible: str | None) -> list[tuple[str, str]]:
+    """How to find each GPU of ``CUDA_VISIBLE_DEVICES`` in NVML: ``("index", "3")`` or ``("uuid", "GPU-..")``.
+
+    Unset = every GPU of the machine (``[]``: the caller enumerates). MIG slices are not looked up."""
+    if visible is None:
+        return []
+    out = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.isdigit():
+            out.append(("index", entry))
+        elif entry.startswith("GPU-"):
+            out.append(("uuid", entry))
+    return out
+
+
+def _device_fields() -> dict[str, float]:
+    """Per GPU of this node's job: the memory in use on the device (NVML: every process on it), in GB.
+
+    A distributed run has one process per GPU and each process's allocator only knows its own GPU, so the
+    node's sampler (local rank 0) asks the driver instead, under the usual field names; empty when
+    ``pynvml`` (nvidia-ml-py) is missing or NVML fails (the per-process fields are used then)."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+        targets = nvml_targets(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if targets:
+            handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(int(v))
+                if kind == "index"
+                else pynvml.nvmlDeviceGetHandleByUUID(v)
+                for kind, v in targets
+            ]
+        else:
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        fields: dict[str, float] = {}
+        for i, handle in enumerate(handles):
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            fields[f"gpu{i}_reservada_gb"] = round(info.used / GB, 3)
+        fields["gpu_usada_gb"] = round(sum(v for v in fields.values()), 3)
+        fields["gpu_total_gb"] = round(sum(pynvml.nvmlDeviceGetMemoryInfo(h).total for h in handles) / GB, 3)
+        fields["num_gpus"] = len(handles)
+        return fields
+    except Exception as exc:  # NVML errors (no driver, MIG, permissions): fall back, never stop sampling
+        log.debug("NVML sampling failed: %s", exc)
+        return {}
+
+
 def gpu_totals() -> tuple[float, float, int]:
     """(used GB = sum of reserved over visible GPUs, total GB, number of GPUs); zeros without CUDA."""
     torch = __import__("sys").modules.get("torch")
@@ -51,8 +101,11 @@ def gpu_totals() -> tuple[float, float, int]:
     return round(used / GB, 3), round(total / GB, 3), n
 
 
-def hardware_snapshot(process: psutil.Process | None = None) -> dict[str, Any]:
-    """One sample with the seed's field names (spec §6.6). Non-blocking: CPU % is since the last call."""
+def hardware_snapshot(process: psutil.Process | None = None, device_level: bool = False) -> dict[str, Any]:
+    """One sample with the seed's field names (spec §6.6). Non-blocking: CPU % is since the last call.
+
+    ``device_level`` (a distributed training's node sampler): per-GPU memory as the driver sees it, for
+    every GPU of the job on this node (see :func:`_device_fields`)."""
     process = process or psutil.Process(os.getpid())
     mem = psutil.virtual_memory()
     try:
@@ -76,7 +129,11 @@ def hardware_snapshot(process: psutil.Process | None = None) -> dict[str, Any]:
         "gpu_total_gb": total,
         "num_gpus": n,
     }
-    snap.update(_gpu_fields())
+    device = _device_fields() if device_level else {}
+    if device:
+        snap.update(device)
+    else:
+        snap.update(_gpu_fields())
     return snap
 
 
@@ -94,11 +151,14 @@ class BackgroundSampler:
         interval_s: float = 2.0,
         extra: Callable[[], dict[str, Any]] | None = None,
         append: bool = True,
+        device_level: bool = False,
     ) -> None:
         self.path = Path(path)
         self.interval_s = interval_s
         self.extra = extra
         self.append = append
+        self.device_level = device_level
+        self._device_max: dict[str, float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -108,7 +168,14 @@ class BackgroundSampler:
 
     def sample_now(self, **tags: Any) -> dict[str, Any]:
         """Write one sample now, tagged with ``extra()`` and ``tags``; returns it."""
-        row = hardware_snapshot(self._process)
+        row = hardware_snapshot(self._process, self.device_level)
+        for key in [
+            k for k in row if k.startswith("gpu") and k.endswith("_reservada_gb") and k[3:4].isdigit()
+        ]:
+            peak_key = key.replace("_reservada_gb", "_max_reservada_gb")
+            if peak_key not in row:  # device-level samples: the running peak, as torch's own field would be
+                self._device_max[peak_key] = max(self._device_max.get(peak_key, 0.0), float(row[key]))
+                row[peak_key] = self._device_max[peak_key]
         if self.extra is not None:
             try:
                 row.update(self.extra())

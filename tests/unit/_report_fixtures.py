@@ -185,6 +185,13 @@ def write_training(
                 "eval_loss": round(best, 4),
                 "total_flos": 1.2e12,
                 "modelo_info": {"treinaveis": 1_081_344, "total": 495_114_112, "percentual": 0.2184},
+                "distribuido": {
+                    "processos": 2,
+                    "estrategia": "ddp",
+                    "batch_por_dispositivo": 4,
+                    "acumulacao": 2,
+                    "batch_efetivo": 16,
+                },
                 "hardware": {"gpu_nome": "NVIDIA H100 80GB HBM3" if gpu else None},
             }
         )

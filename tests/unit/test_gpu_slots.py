@@ -69,3 +69,55 @@ def test_two_processes_get_different_gpus_and_release_on_exit(tmp_path, monkeypa
         for p in (a, b):
             p.kill()
             p.wait()
+
+
+def test_n_gpu_jobs_never_share_a_card(tmp_path):
+    """Two 2-GPU jobs on a 4-GPU machine (fake GPU ids, real processes and locks) get disjoint pairs;
+    a third waits for (here: fails without) two free cards; a killed job gives both back."""
+    from afinar.gpu_slots import claim_gpus
+
+    gpus = ["0", "1", "2", "3"]
+    code = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {REPO_SCRIPTS!r})
+        from afinar.gpu_slots import claim_gpus
+        slot = claim_gpus(2, {gpus!r}, {str(tmp_path)!r})
+        print(",".join(slot.gpus), os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
+        time.sleep(60)
+        """
+    )
+    jobs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    try:
+        claimed = [job.stdout.readline().split() for job in jobs]
+        sets = [set(got.split(",")) for got, _ in claimed]
+        assert all(len(s) == 2 for s in sets) and not sets[0] & sets[1] and sets[0] | sets[1] == set(gpus)
+        assert all(env == got for got, env in claimed)  # the job's processes inherit exactly its pair
+        with pytest.raises(AfinarError, match="fewer than 2 free"):
+            claim_gpus(2, gpus, tmp_path, timeout_s=0.3, poll_s=0.1, set_env=False)
+        jobs[0].kill()
+        jobs[0].wait()
+        deadline = time.time() + 10
+        slot = None
+        while slot is None and time.time() < deadline:
+            try:
+                slot = claim_gpus(2, gpus, tmp_path, timeout_s=0.2, poll_s=0.1, set_env=False)
+            except AfinarError:
+                pass
+        assert slot is not None and set(slot.gpus) == sets[0]
+        slot.release()
+    finally:
+        for job in jobs:
+            job.kill()
+            job.wait()
+
+
+def test_more_gpus_than_visible_is_one_line(tmp_path):
+    from afinar.gpu_slots import claim_gpus
+
+    with pytest.raises(AfinarError, match="distribuido.gpus: 4 GPUs asked for but this job sees only 2"):
+        claim_gpus(4, ["0", "1"], tmp_path, set_env=False)
+    assert claim_gpus(2, ["5", "7"], tmp_path, set_env=False).gpus == ["5", "7"]  # all of them: no lock
+    assert claim_gpus(2, [], tmp_path, set_env=False).gpus == []  # no GPU: CPU processes

@@ -42,8 +42,12 @@ def test_shipped_slurm_profile_is_refused_until_edited():
 
 def test_shipped_slurm_profile_asks_a_gpu_for_train_and_predict():
     defaults, per_rule = shipped_slurm_profile()
+    assert per_rule["predict"]["gpu"] == 1
+    # train asks for its GPUs itself (treinamento.distribuido.gpus): a profile value would override the rule
+    for key in ("gpu", "gres", "nodes", "tasks", "tasks_per_node"):
+        assert key not in per_rule["train"]
     for rule in ("train", "predict"):
-        assert per_rule[rule]["gpu"] == 1 and per_rule[rule]["cpus_per_gpu"] >= 1
+        assert per_rule[rule]["cpus_per_gpu"] >= 1
         assert (
             per_rule[rule]["runtime"] > defaults["runtime"] and per_rule[rule]["mem_mb"] > defaults["mem_mb"]
         )

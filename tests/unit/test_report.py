@@ -89,6 +89,7 @@ def test_report_shows_the_real_numbers_of_its_inputs(run: dict[str, Path], tmp_p
     assert f"| train | 28 | {tokens['prompt']['media']:.1f} | {tokens['prompt']['max']} |" in text
     assert "whitespace-separated words" in text  # no tokenizer: the unit says so
     summary = json.loads(run["summary"].read_text())
+    assert "| effective batch | 16 = 4 per device × 2 accumulation × 2 process(es) (ddp) |" in text
     assert "1,081,344 of 495,114,112" in text and report.format_duration(summary["train_runtime"]) in text
     assert "GPU: NVIDIA H100 80GB HBM3" in text and "6.20 GB of 79.6 GB" in text
     assert "| train | 28 | 0.70 | 0.667 |" in text  # configured vs effective proportions

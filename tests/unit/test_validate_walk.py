@@ -49,6 +49,12 @@ def gen(predicao: dict, max_seq_length: int = 4096) -> Callable[[Any], Any]:
     return lambda tmp: GenerationSettings.from_config(predicao, max_seq_length)
 
 
+def distributed_check(treinamento: dict) -> Callable[[Any], Any]:
+    from afinar.train.distributed import check
+
+    return lambda tmp: check(treinamento)
+
+
 def eval_steps(value: Any) -> Callable[[Any], Any]:
     from afinar.train.training import resolve_steps
 
@@ -208,6 +214,16 @@ WALKED: dict[str, tuple[dict, str, Callable[[Path], Any]]] = {
     ),
     "GGUF type": (base(exportacao__gguf="q4 k"), "exportacao.gguf", gguf_type),
     "no base model": (base(modelo={"base": ""}), "modelo.base", no_base),
+    "fsdp with a 4-bit model": (
+        base(treinamento__nbits=4, treinamento__distribuido={"gpus": 2, "estrategia": "fsdp"}),
+        "treinamento.distribuido.estrategia",
+        distributed_check({"nbits": 4, "distribuido": {"gpus": 2, "estrategia": "fsdp"}}),
+    ),
+    "global batch not a multiple": (
+        base(treinamento__batch_size=4, treinamento__distribuido={"gpus": 2, "batch_global": 12}),
+        "treinamento.distribuido.batch_global",
+        distributed_check({"batch_size": 4, "distribuido": {"gpus": 2, "batch_global": 12}}),
+    ),
 }
 
 # key: why validate cannot know it from the config alone
@@ -228,6 +244,9 @@ EXEMPT = {
     "exportacao.llama_cpp": "the llama.cpp checkout's contents",
     "exportacao.gguf": "whether the converter or llama-quantize is installed (a malformed type is walked)",
     "exportacao.gguf_pre_tokenizer": "the pre-tokenizer names the installed llama.cpp converter knows",
+    "treinamento.distribuido.gpus": "how many GPUs the job was given (the combinations are walked)",
+    "treinamento.distribuido.nos": "whether the job runs in a SLURM allocation of that many nodes",
+    "treinamento.distribuido.estrategia": "whether the job's processes got GPUs (fsdp with 4-bit is walked)",
 }
 
 

@@ -65,7 +65,9 @@ def test_slurm_profile_dry_run(tmp_path):
     machine has none (--sdm conda would call `conda info` even in a dry run)."""
     wf = copy_workflow(tmp_path / "wf")
     profile = filled_slurm_profile(tmp_path / "profile")
-    proc = snakemake(wf, "-n", "--profile", str(profile), "--sdm", "env-modules", timeout_s=300)
+    # backend auto: a GPU training (the demo's transformers backend is the CPU path, gpu=0)
+    gpu_cfg = ["--config", "treinamento={backend: auto}"]
+    proc = snakemake(wf, "-n", "--profile", str(profile), "--sdm", "env-modules", *gpu_cfg, timeout_s=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     out = proc.stdout
     train = re.search(r"^rule train:\n(.*?)\n\n", out, re.M | re.S)

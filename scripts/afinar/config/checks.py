@@ -42,6 +42,11 @@ def check_experiment(cfg: dict, prefix: str, found: _Problems) -> None:
         found.add(
             f"{prefix}treinamento.max_steps: 0 trains nothing — use -1 (epochs decide) or a positive number"
         )
+    if t:
+        from afinar.train.dist_config import config_problems
+
+        for issue in config_problems(t):  # impossible distributed combinations (FSDP + 4-bit, ...)
+            found.add(f"{prefix}{issue}")
     filtro = t.get("filtro_tokens") or {}
     max_tokens, max_seq = filtro.get("max_tokens"), t.get("max_seq_length")
     if isinstance(max_tokens, int) and isinstance(max_seq, int) and max_tokens > max_seq:

@@ -42,6 +42,16 @@ class TokenFilterSettings:
 
 
 @dataclass(frozen=True)
+class DistributedSettings:
+    """``treinamento.distribuido``: one training on several GPUs/nodes (afinar.train.distributed)."""
+
+    gpus: int
+    nos: int
+    estrategia: str
+    batch_global: int | None
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """``treinamento``: every key of the section, typed (docs/config.md explains each one)."""
 
@@ -77,6 +87,7 @@ class TrainSettings:
     liger_kernel: bool
     pad_to_multiple_of: int | None
     max_steps: int
+    distribuido: DistributedSettings
     filtro_tokens: TokenFilterSettings
 
     @property

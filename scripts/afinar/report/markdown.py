@@ -192,6 +192,8 @@ def training_section(events: list[dict], summary: dict) -> dict[str, Any]:
         "total_params": total,
         "trainable_percent": percent,
         "stopped_early": bool(summary.get("parada_antecipada") or summary.get("early_stopped")),
+        # per-device batch × accumulation × processes (treinamento.distribuido), as the training logged it
+        "batch": summary.get("distribuido") or {},
     }
 
 

@@ -159,11 +159,19 @@ def check_options(tr: Any, backend: str, cuda: bool) -> None:
 
 
 def steps_per_epoch(
-    lengths: Sequence[int], rows: int, accum: int, seed: int, token_budget: int | None, pad_multiple: int
+    lengths: Sequence[int],
+    rows: int,
+    accum: int,
+    seed: int,
+    token_budget: int | None,
+    pad_multiple: int,
+    world: int = 1,
 ) -> int:
-    """Optimizer steps of one epoch (the first epoch's plan; later epochs differ by a batch or two)."""
-    batches = plan_batches(lengths, rows, seed, 0, token_budget, pad_multiple)
-    return max(1, -(-len(batches) // max(1, accum)))
+    """Optimizer steps of one epoch (the first epoch's plan; later epochs differ by a batch or two); with
+    ``world`` processes each takes every world-th batch, cut to the same count."""
+    batches = len(plan_batches(lengths, rows, seed, 0, token_budget, pad_multiple))
+    per_rank = batches // world if world > 1 else batches
+    return max(1, -(-per_rank // max(1, accum)))
 
 
 def install(trainer: Any, lengths: Sequence[int], token_budget: int | None, pad_multiple: int) -> None:

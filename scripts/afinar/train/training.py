@@ -11,6 +11,8 @@ everything but model loading.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -27,7 +29,7 @@ from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
 from afinar.io import atomic_dir, atomic_path, atomic_write_json
 from afinar.runtime import Runtime, choose_optim, choose_precision, import_unsloth  # noqa: F401 (old import path)
-from afinar.train import batching, chat, checkpoints, models, token_filter
+from afinar.train import batching, chat, checkpoints, distributed, models, token_filter
 
 log = logging.getLogger("afinar.train.training")
 
@@ -304,11 +306,18 @@ def plan(
     sizes: DataSizes,
     output_dir: str | Path,
     model_limit: int | None = None,
+    world: int = 1,
 ) -> TrainPlan:
-    """SFTConfig arguments, steps, evaluation/save intervals and padding of a run (no model, no torch)."""
+    """SFTConfig arguments, steps, evaluation/save intervals and padding of a run (no model, no torch).
+
+    ``world``: training processes (treinamento.distribuido); each optimizer step then takes per-device
+    batch × accumulation × world examples."""
     tr = exp.treinamento
-    max_len, batch, accum = tr.max_seq_length, tr.batch_size, tr.grad_batch_size
-    notes: list[str] = []
+    max_len, batch = tr.max_seq_length, tr.batch_size
+    accum = distributed.grad_accumulation(tr, world)
+    notes: list[str] = [
+        f"effective batch: {batch} per device x {accum} accumulation x {world} process(es) = {batch * accum * world}"
+    ]
     padding: dict[str, Any] = dict(padding_free_option(tr.padding_free, tr.packing))
     padding.update(
         pad_multiple_option(tr.pad_to_multiple_of, padding, tr.packing, rt.cuda, max_len, model_limit)
@@ -321,10 +330,11 @@ def plan(
             tr.seed,
             tr.tokens_por_lote,
             batching.plan_pad_multiple(padding),
+            world,
         )
     else:
         rows = max(1, math.ceil(sizes.train_tokens / max_len)) if tr.packing else sizes.train_rows
-        steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
+        steps_per_epoch = max(1, math.ceil(rows / (batch * accum * world)))
     total_steps = tr.max_steps if tr.max_steps > 0 else math.ceil(steps_per_epoch * tr.epochs)
     eval_every = resolve_steps(tr.eval_steps, total_steps) if sizes.eval_rows else 0
     do_eval = bool(eval_every)
@@ -370,7 +380,9 @@ def plan(
         greater_is_better=False if load_best else None,
         report_to=trackers or "none",
         # Unsloth checkpoints its own way (use_gradient_checkpointing="unsloth" when loading)
-        gradient_checkpointing=tr.gradient_checkpointing and rt.backend == "transformers",
+        gradient_checkpointing=tr.gradient_checkpointing
+        and rt.backend == "transformers"
+        and not (world > 1 and tr.distribuido.estrategia == "fsdp"),  # FSDP: activation checkpointing
         gradient_checkpointing_kwargs={"use_reentrant": False},
         max_length=sft_max_length,
         packing=tr.packing,
@@ -381,6 +393,7 @@ def plan(
         dataloader_num_workers=0,
         use_cpu=not rt.cuda,
         disable_tqdm=True,
+        **(distributed.trainer_options(tr, tr.gradient_checkpointing) if world > 1 else {}),
     )
     return TrainPlan(
         steps_per_epoch=steps_per_epoch,
@@ -521,7 +534,9 @@ def train(
         torch.set_num_threads(max(1, int(threads)))
 
     # 1. this machine's runtime, and every user error before anything heavy is loaded
-    rt = runtime.for_training(tr)
+    dist = distributed.check(tr)  # N processes under torchrun: see afinar.train.distributed
+    world, main = distributed.world_size(), distributed.is_main()
+    rt = runtime.for_training(dataclasses.replace(tr, backend=distributed.requested_backend(tr)))
     models.check_quantization(tr.bits, rt.cuda)
     source, model_config = check_model(exp)
     report_to = tracker_settings(tr.report_to)
@@ -594,7 +609,7 @@ def train(
     sizes = DataSizes(
         len(train_ds), train_stats["tokens"], len(eval_ds) if eval_ds is not None else 0, lengths
     )
-    the_plan = plan(exp, rt, sizes, paths.checkpoints, models.model_max_length(model_config))
+    the_plan = plan(exp, rt, sizes, paths.checkpoints, models.model_max_length(model_config), world)
     for note in the_plan.notes:
         log.info("%s", note)
 
@@ -602,7 +617,7 @@ def train(
     from trl import SFTConfig, SFTTrainer
 
     callbacks: list[Any] = list(extra_callbacks)
-    if "tensorboard" in report_to:
+    if "tensorboard" in report_to and main:
         callbacks.append(tensorboard_callback(paths.adapter.parent))
     if the_plan.patience:
         from transformers import EarlyStoppingCallback
@@ -612,14 +627,19 @@ def train(
     fingerprint = checkpoints.run_fingerprint(
         {
             "modelo": sections["modelo"],
-            # how often checkpoints are written does not change what they hold
-            "treinamento": {k: v for k, v in sections["treinamento"].items() if k != "checkpoint_minutos"},
+            # how often checkpoints are written does not change what they hold; DDP's not the GPU count either
+            "treinamento": distributed.fingerprint_view(
+                {k: v for k, v in sections["treinamento"].items() if k != "checkpoint_minutos"}
+            ),
             "lora": sections["lora"],
             "backend": rt.backend,
         },
         [p for p in (paths.train, paths.validation, paths.token_filter) if p is not None and p.is_file()],
     )
-    resume = checkpoints.prepare_folder(paths.checkpoints, fingerprint, tr.resume_from_checkpoint)
+    resume = None
+    if main:  # one process decides (and may clear the folder); the others take its answer
+        resume = checkpoints.prepare_folder(paths.checkpoints, fingerprint, tr.resume_from_checkpoint)
+    resume = distributed.broadcast(resume)
     if resume:
         log.info("resuming from %s (step %d)", resume, checkpoints.checkpoint_step(resume))
 
@@ -635,24 +655,34 @@ def train(
 
     shared: dict[str, Any] = {"step": 0, "epoch": 0.0, "fase": "train_begin"}
     sampler = BackgroundSampler(
-        paths.live(paths.hardware_metrics), interval_s=5.0, extra=lambda: dict(shared), append=True
+        distributed.node_file(paths.live(paths.hardware_metrics)),
+        interval_s=5.0,
+        extra=lambda: dict(shared),
+        append=True,
+        device_level=world > 1,  # every GPU of the node, not this process's one
     )
     metrics_cb = MetricsCallback(
         paths.live(paths.metrics_stream), paths.live(paths.training_metrics), shared, sampler
     )
+    args = SFTConfig(**the_plan.sft_args)
+    distributed.fix_cpu_device(args)
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(**the_plan.sft_args),
+        args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
+        # manifest first: see its doc; metric files: rank 0 only; every rank takes the same save/stop
+        # decision (signals and clocks differ between processes)
         callbacks=[
             checkpoints.ManifestCallback(),
-            metrics_cb,
+            *([metrics_cb] if main else []),
             safe,
+            *distributed.sync_callbacks(),
             *callbacks,
-        ],  # manifest first: see its doc
+        ],
     )
+    distributed.check_strategy_applied(trainer, tr)
     use_epoch_seeded_sampler(trainer, tr.seed)  # exact resume from any epoch
     from transformers.trainer_callback import PrinterCallback
 
@@ -669,10 +699,13 @@ def train(
     )
 
     # 7. train, evaluate, save
-    with sampler, safe, checkpoints.unfinished_removed_on_error(paths.checkpoints):
+    hardware = sampler if distributed.samples_hardware() else contextlib.nullcontext()  # a sampler per node
+    with hardware, safe, checkpoints.unfinished_removed_on_error(paths.checkpoints):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if eval_ds is not None else {}
     save_model(trainer, tokenizer, paths.adapter)
+    if not main:
+        return {}
 
     summary = {
         **result.metrics,
@@ -694,6 +727,13 @@ def train(
         "tokens_treino": train_stats,
         "tokens_validacao": eval_stats,
         "modelo_info": params,
+        "distribuido": {
+            "processos": world,
+            "estrategia": dist.estrategia if world > 1 else None,
+            "batch_por_dispositivo": tr.batch_size,
+            "acumulacao": the_plan.sft_args["gradient_accumulation_steps"],
+            "batch_efetivo": tr.batch_size * the_plan.sft_args["gradient_accumulation_steps"] * world,
+        },
         "pico_hardware": sampler.peaks,
     }
     publish_metrics(paths)
@@ -707,6 +747,9 @@ def train(
 
 def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
     """Save the adapter (or full model) + tokenizer under a temporary name, then rename into place."""
+    if distributed.world_size() > 1:
+        distributed.save_model(trainer, tokenizer, out)
+        return
     with atomic_dir(out) as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
@@ -715,6 +758,7 @@ def save_model(trainer: Any, tokenizer: Any, out: Path) -> None:
 
 def publish_metrics(paths: TrainPaths) -> None:
     """Copy the live (appended, resume-proof) metric files to their declared output paths atomically."""
+    distributed.merge_node_files(paths.live(paths.hardware_metrics))  # other nodes' samplers (SLURM)
     for final in (paths.metrics_stream, paths.training_metrics, paths.hardware_metrics):
         live = paths.live(final)
         with atomic_path(final) as tmp:
