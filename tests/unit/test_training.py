@@ -259,7 +259,11 @@ def test_batch_shape_settings():
     }
     assert pad_multiple_option(1, padded, packing=False, cuda=True) == {}
     assert pad_multiple_option(32, padded, packing=False, cuda=False) == {"pad_to_multiple_of": 32}
-    assert pad_multiple_option(32, {"padding_free": True}, packing=False, cuda=True) == {}
+    # padding-free rows: rounded only when asked (one width for compiled attention kernels)
+    assert pad_multiple_option(None, {"padding_free": True}, packing=False, cuda=True) == {}
+    assert pad_multiple_option(32, {"padding_free": True}, packing=False, cuda=True) == {
+        "pad_to_multiple_of": 32
+    }
     assert pad_multiple_option(32, {}, packing=True, cuda=True) == {}
 
 

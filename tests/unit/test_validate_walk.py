@@ -129,6 +129,12 @@ def token_filter_action(tmp: Path) -> Any:
     return action({"acao": "cortar"})
 
 
+def token_budget(value: int, max_seq_length: int, packing: bool) -> Callable[[Path], Any]:
+    from afinar.train.batching import token_budget_option
+
+    return lambda tmp: token_budget_option(value, max_seq_length, packing)
+
+
 def no_base(tmp: Path) -> Any:
     from afinar.train.models import resolve_model_source
 
@@ -163,6 +169,16 @@ WALKED: dict[str, tuple[dict, str, Callable[[Path], Any]]] = {
         base(treinamento__padding_free="sometimes"),
         "treinamento.padding_free",
         padding_free,
+    ),
+    "token budget below max_seq_length": (
+        base(treinamento__tokens_por_lote=1000, treinamento__max_seq_length=2048),
+        "treinamento.tokens_por_lote",
+        token_budget(1000, 2048, False),
+    ),
+    "token budget with packing": (
+        base(treinamento__tokens_por_lote=8192, treinamento__packing=True),
+        "treinamento.tokens_por_lote",
+        token_budget(8192, 4096, True),
     ),
     "unknown backend": (base(treinamento__backend="tpu"), "treinamento.backend", backend),
     "unknown precision": (base(treinamento__precisao="fp8"), "treinamento.precisao", precision),
@@ -218,6 +234,7 @@ EXEMPT = {
     "treinamento.max_seq_length": "the limit is the base model's (its config.json), read when the job runs",
     "treinamento.continuar_de": "an adapter folder's contents and its base model",
     "treinamento.report_to": "whether the tracker is installed in the train job's environment",
+    "treinamento.liger_kernel": "Liger's Triton kernels need CUDA and liger-kernel on the machine that runs the job",
     "treinamento.train_on_responses_only": "the chat template's markers, known once the tokenizer loads",
     "modelo.base": "whether the model folder or Hub id loads (a missing modelo.base is walked)",
     "pastas.entrada.dataframe": "the parquet file's contents (a boolean value is walked)",

@@ -54,6 +54,9 @@ def check_experiment(cfg: dict, prefix: str, found: _Problems) -> None:
             f"{prefix}treinamento.filtro_tokens.max_tokens: {max_tokens} exceeds treinamento.max_seq_length "
             f"({max_seq}) — lower it or raise max_seq_length"
         )
+    problem = token_budget_problem(t.get("tokens_por_lote"), max_seq, bool(t.get("packing")))
+    if problem:
+        found.add(f"{prefix}{problem}")
     if t.get("paciencia") and t.get("eval_steps") in (0, "0%"):
         found.add(
             f"{prefix}treinamento.paciencia: early stopping needs evaluations, but eval_steps is 0 — set eval_steps"
@@ -61,6 +64,26 @@ def check_experiment(cfg: dict, prefix: str, found: _Problems) -> None:
     problem = prompt_room_problem(max_seq, cfg.get("predicao", {}).get("max_new_tokens"), prefix)
     if problem:
         found.add(problem)
+
+
+def token_budget_problem(value: Any, max_len: Any, packing: bool) -> str | None:
+    """``treinamento.tokens_por_lote`` against max_seq_length and packing (the train stage asks the same,
+    through afinar.train.batching)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"treinamento.tokens_por_lote: {value!r} must be a positive integer or null"
+    if packing:
+        return (
+            "treinamento.tokens_por_lote: packed rows already hold max_seq_length tokens each — "
+            "set packing: false or tokens_por_lote: null"
+        )
+    if isinstance(max_len, int) and value < max_len:
+        return (
+            f"treinamento.tokens_por_lote: {value} is below max_seq_length ({max_len}), so the longest "
+            f"records would not fit in a batch — set it to at least {max_len}"
+        )
+    return None
 
 
 def prompt_room_problem(max_seq_length: Any, max_new_tokens: Any, prefix: str = "") -> str | None:

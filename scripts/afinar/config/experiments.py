@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from afinar.builtin_models import resolve_builtin as builtin_model_folder
 from afinar.config.aliases import _translate
 from afinar.config.checks import _check_semantics
 from afinar.config.common import _as_mapping, _deep_merge, _kind, _Problems
@@ -27,8 +28,12 @@ def experiments(cfg: dict) -> dict[str, dict]:
     base = {section: cfg[section] for section in EXPERIMENT_SECTIONS}
     overrides = cfg.get("experimentos") or {}
     if not overrides:
-        return {experiment_id(default_experiment_name(cfg)): copy.deepcopy(base)}
-    return {experiment_id(name): _deep_merge(base, override) for name, override in overrides.items()}
+        exps = {experiment_id(default_experiment_name(cfg)): copy.deepcopy(base)}
+    else:
+        exps = {experiment_id(name): _deep_merge(base, override) for name, override in overrides.items()}
+    for exp in exps.values():  # built-in names (smollm2-135m-instruct) → the folder a rule builds
+        exp["modelo"]["base"] = builtin_model_folder(str(exp["modelo"]["base"]))
+    return exps
 
 
 def experiment_names(cfg: dict) -> dict[str, str]:

@@ -83,6 +83,8 @@ class TrainSettings:
     lr_scheduler_type: str
     gradient_checkpointing: bool
     agrupar_por_tamanho: bool
+    tokens_por_lote: int | None
+    liger_kernel: bool
     pad_to_multiple_of: int | None
     max_steps: int
     distribuido: DistributedSettings

@@ -250,7 +250,10 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
 
 
 def render_prompts(tokenizer: Any, records: Sequence[TestRecord]) -> list[str]:
-    """Each record's messages through the chat template, ending with the generation prompt."""
+    """Each record's messages through the chat template, ending where training's answers began
+    (:func:`afinar.train.chat.generation_prompt`)."""
+    from afinar.train.chat import generation_prompt
+
     if not getattr(tokenizer, "chat_template", None):
         raise AfinarError(
             "tokenizer: no chat template — use an instruct/chat base model or one whose tokenizer defines "
@@ -259,7 +262,7 @@ def render_prompts(tokenizer: Any, records: Sequence[TestRecord]) -> list[str]:
     texts = []
     for record in records:
         try:
-            text = tokenizer.apply_chat_template(record.messages, add_generation_prompt=True, tokenize=False)
+            text = generation_prompt(tokenizer, record.messages)  # the prefix training put before answers
         except Exception as exc:  # jinja errors (e.g. a template that rejects a system role)
             raise AfinarError(
                 f"record {record.id!r}: the chat template failed ({str(exc).splitlines()[0]}) — check the "

@@ -101,11 +101,12 @@ def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = F
 
 @dataclass(frozen=True)
 class ChatMarkers:
-    """Text markers of the template actually used.
+    """Text markers of the template actually used (for the log, the summary and ``validate``).
 
-    ``response_prefix`` opens an assistant turn (what ``add_generation_prompt`` appends),
-    ``end_of_turn`` closes it (may be empty for templates that close nothing), ``instruction_prefix``
-    opens a user turn (for diagnostics and for Unsloth-style helpers).
+    ``response_prefix`` is what training puts between a user turn and the answer (the assistant header,
+    plus whatever the template adds there, such as Qwen 3's empty think block); ``end_of_turn`` closes an
+    assistant turn and is trained with the answer, so the model learns to stop; ``instruction_prefix``
+    opens a user turn (diagnostics).
     """
 
     instruction_prefix: str
@@ -114,12 +115,13 @@ class ChatMarkers:
 
 
 def derive_markers(tokenizer: Any) -> ChatMarkers:
-    """Find the response/instruction markers by rendering sentinel messages through the template."""
+    """Find the markers by rendering sentinel messages through the template; refuse a template that
+    cannot be masked (no assistant header, contents dropped or reordered, assistant turns not closed)."""
     u1, u2 = _SENTINEL_USER
     a1, a2 = _SENTINEL_ASSISTANT
     try:
         prompt = render(tokenizer, [{"role": "user", "content": u1}])
-        with_gen = render(tokenizer, [{"role": "user", "content": u1}], add_generation_prompt=True)
+        one = render(tokenizer, [{"role": "user", "content": u1}, {"role": "assistant", "content": a1}])
         full = render(
             tokenizer,
             [
@@ -131,30 +133,32 @@ def derive_markers(tokenizer: Any) -> ChatMarkers:
         )
     except Exception as exc:  # templates raise all sorts of jinja errors
         raise AfinarError(
-            f"chat template: cannot render a user/assistant conversation ({exc}) — "
+            f"chat template: cannot render a user/assistant conversation ({_first_line(exc)}) — "
             "use a tokenizer whose template accepts user and assistant roles"
         ) from exc
-    response_prefix = with_gen[len(prompt) :] if with_gen.startswith(prompt) else ""
+    positions = [full.find(s) for s in (u1, a1, u2, a2)]
+    if min(positions) < 0 or positions != sorted(positions) or one.find(u1) < 0 or one.find(a1) < 0:
+        raise AfinarError("chat template: it drops or reorders message contents — use another template")
+    between = one[one.find(u1) + len(u1) : one.find(a1)]
+    user_close = _common_prefix(prompt[prompt.find(u1) + len(u1) :], between)
+    response_prefix = between[len(user_close) :] if between[len(user_close) :].strip() else between
     if not response_prefix.strip():
         raise AfinarError(
-            "chat template: no detectable assistant marker (add_generation_prompt adds nothing) — "
+            "chat template: no detectable assistant marker (nothing separates a user turn from the answer) — "
             "use a chat/instruct tokenizer or set treinamento.train_on_responses_only: false"
-        )
-    positions = [full.find(s) for s in (u1, a1, u2, a2)]
-    if min(positions) < 0 or positions != sorted(positions):
-        raise AfinarError("chat template: it drops or reorders message contents — use another template")
-    between_u1_a1 = full[positions[0] + len(u1) : positions[1]]
-    if response_prefix not in between_u1_a1:
-        raise AfinarError(
-            f"chat template: the assistant marker {response_prefix!r} does not precede assistant turns — "
-            "set treinamento.train_on_responses_only: false or fix the template"
         )
     after_a1 = full[positions[1] + len(a1) : positions[2]]
     tail = full[positions[3] + len(a2) :]
-    # The end of an assistant turn is what follows its content both mid-conversation and at the end.
-    end_of_turn = _common_prefix(after_a1, tail).rstrip()
-    before_u2 = after_a1[len(end_of_turn) :].lstrip("\n")
-    instruction_prefix = before_u2
+    # The end of an assistant turn is what follows its content both mid-conversation and at the end, in
+    # whole tokens (Phi-3.5 closes with "<|end|>\n", then "<|user|>" or "<|endoftext|>": not "<|end|>\n<|").
+    end_of_turn = _common_token_prefix(tokenizer, after_a1, tail).strip()
+    if not end_of_turn:
+        raise AfinarError(
+            "chat template: it closes assistant turns with nothing, so the model could not learn to stop — "
+            "use the model's instruct template or set treinamento.train_on_responses_only: false"
+        )
+    before_u2 = after_a1[after_a1.find(end_of_turn) + len(end_of_turn) :].lstrip("\n")
+    instruction_prefix = before_u2[: before_u2.find(u2)] if u2 in before_u2 else before_u2
     if not instruction_prefix.strip():
         instruction_prefix = prompt[: prompt.find(u1)]
     return ChatMarkers(instruction_prefix, response_prefix, end_of_turn)
@@ -167,23 +171,81 @@ def _common_prefix(a: str, b: str) -> str:
     return a[:n]
 
 
-def assistant_spans(text: str, markers: ChatMarkers) -> list[tuple[int, int]]:
-    """Character spans ``[start, end)`` of every assistant turn: its content plus the end-of-turn marker."""
+def _common_token_prefix(tokenizer: Any, a: str, b: str) -> str:
+    ids_a = tokenizer(a, add_special_tokens=False)["input_ids"]
+    ids_b = tokenizer(b, add_special_tokens=False)["input_ids"]
+    n = 0
+    while n < min(len(ids_a), len(ids_b)) and ids_a[n] == ids_b[n]:
+        n += 1
+    common = tokenizer.decode(ids_a[:n]) if n else ""
+    return common if a.startswith(common) else _common_prefix(a, b)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _content(message: dict) -> str:
+    content = message.get("content")
+    return content if isinstance(content, str) else ""
+
+
+def _find(text: str, content: str, start: int) -> tuple[int, int]:
+    """Where ``content`` sits in ``text`` from ``start``: as is, trimmed (Llama, Gemma, Mistral trim it), or
+    its part after ``</think>`` (Qwen 3 and DeepSeek-R1 templates re-render only that). (-1, 0) if absent."""
+    candidates = [content, content.strip()]
+    if "</think>" in content:
+        candidates.append(content.split("</think>")[-1].strip())
+    for candidate in candidates:
+        if candidate:
+            idx = text.find(candidate, start)
+            if idx >= 0:
+                return idx, len(candidate)
+    return -1, 0
+
+
+def _before_spaces(text: str, idx: int) -> int:
+    """Move back over spaces (not newlines) right before an answer: they belong to it. Mistral's
+    ``[/INST] `` + answer is tokenized as ``[/INST]`` + ``▁{`` (or a lone space token, by vocabulary),
+    so the model is trained to produce the space and its prompt ends at ``[/INST]`` either way."""
+    while idx > 0 and text[idx - 1] in " \t":
+        idx -= 1
+    return idx
+
+
+def assistant_spans(text: str, messages: list[dict], markers: ChatMarkers) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of every assistant answer in the rendered ``text``, each with the
+    end-of-turn marker that closes it.
+
+    The answers are located by their own text, in order (each after the user turn before it), not by
+    searching for a header: templates differ in what precedes an answer (DeepSeek-R1's generation prompt
+    adds ``<think>``, which its rendered turns lack; Qwen 3 adds an empty think block to the last turn
+    only; Mistral's adds nothing at all), but every template renders the answer itself.
+    """
     spans: list[tuple[int, int]] = []
-    pos = 0
-    while True:
-        idx = text.find(markers.response_prefix, pos)
+    cursor = 0
+    for n, message in enumerate(messages):
+        content = _content(message)
+        if message.get("role") != "assistant":
+            idx, length = _find(text, content, cursor) if content else (-1, 0)
+            if idx >= 0:
+                cursor = idx + length
+            continue
+        idx, length = _find(text, content, cursor)
         if idx < 0:
-            return spans
-        start = idx + len(markers.response_prefix)
-        end = text.find(markers.end_of_turn, start) if markers.end_of_turn else -1
-        if end < 0:
-            nxt = text.find(markers.instruction_prefix, start) if markers.instruction_prefix.strip() else -1
-            end = nxt if nxt >= 0 else len(text)
-        else:
-            end += len(markers.end_of_turn)
-        spans.append((start, end))
-        pos = end
+            raise AfinarError(
+                f"chat template: the answer of message {n + 1} is not in the rendered conversation (the template "
+                "drops or rewrites it) — fix the data or set treinamento.train_on_responses_only: false"
+            )
+        end = idx + length
+        idx = _before_spaces(text, idx)
+        close = text.find(markers.end_of_turn, end)
+        if close >= 0 and not text[end:close].strip():
+            end = close + len(markers.end_of_turn)
+        spans.append((idx, end))
+        cursor = end
+    return spans
 
 
 def tokenize_conversation(
@@ -194,19 +256,47 @@ def tokenize_conversation(
     """Tokenize one conversation into ``input_ids`` and ``labels`` (-100 outside assistant turns).
 
     With ``markers=None`` every token is trainable (full-sequence loss). The rendered text already holds
-    the template's BOS where it wants one, so no special tokens are added on top.
+    the template's BOS where it wants one, so no special tokens are added on top (no double BOS). A token
+    is trained when it overlaps an answer span, so a token that merges the space before an answer with
+    its first character (SentencePiece's "▁{") is learned, not lost.
     """
     text = render(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=markers is not None)
     ids = list(enc["input_ids"])
     if markers is None:
         return {"input_ids": ids, "labels": list(ids)}
-    spans = assistant_spans(text, markers)
+    spans = assistant_spans(text, [dict(m) for m in messages], markers)
     labels = [-100] * len(ids)
-    for i, (start, _end) in enumerate(enc["offset_mapping"]):
-        if any(s <= start < e for s, e in spans):
+    for i, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > start and any(start < e and end > s for s, e in spans):
             labels[i] = ids[i]
     return {"input_ids": ids, "labels": labels}
+
+
+def generation_prompt(tokenizer: Any, messages: list[dict]) -> str:
+    """The prompt text prediction continues from: exactly what training put before an answer.
+
+    The conversation is rendered with a sentinel answer and cut where the first trained token would
+    begin. So the model continues from the prefix it was trained on, whatever the template's own
+    ``add_generation_prompt`` says: DeepSeek-R1-Distill gets no ``<think>\\n`` (its rendered turns have
+    none; the model is fine-tuned to answer directly), Qwen 3 gets its empty think block (the
+    non-thinking mode, as its template renders a final answer), Mistral's ``[INST]`` templates, which
+    add no generation prompt, get the text up to ``[/INST]``. Templates that cannot render an answer
+    after these messages fall back to ``add_generation_prompt``.
+    """
+    sentinel = _SENTINEL_ASSISTANT[0]
+    conversation = [dict(m) for m in messages] + [{"role": "assistant", "content": sentinel}]
+    try:
+        text = render(tokenizer, conversation)
+    except Exception:  # e.g. a template that insists on alternating roles: the usual prompt then
+        return render(tokenizer, messages, add_generation_prompt=True)
+    at = text.rfind(sentinel)
+    if at < 0:
+        return render(tokenizer, messages, add_generation_prompt=True)
+    at = _before_spaces(text, at)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    cut = next((start for start, end in offsets if end > at and end > start), at)
+    return text[: min(cut, at)]
 
 
 def masked_fraction(labels_rows: list[list[int]]) -> float:

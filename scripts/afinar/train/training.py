@@ -29,7 +29,7 @@ from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
 from afinar.io import atomic_dir, atomic_path, atomic_write_json
 from afinar.runtime import Runtime, choose_optim, choose_precision, import_unsloth  # noqa: F401 (old import path)
-from afinar.train import chat, checkpoints, distributed, models, token_filter
+from afinar.train import batching, chat, checkpoints, distributed, models, token_filter
 
 log = logging.getLogger("afinar.train.training")
 
@@ -105,12 +105,15 @@ def pad_multiple_option(
     max_len: int = 0,
     model_limit: int | None = None,
 ) -> dict[str, int]:
-    """``treinamento.pad_to_multiple_of`` as SFTConfig keyword arguments (only for padded batches).
+    """``treinamento.pad_to_multiple_of`` as SFTConfig keyword arguments.
 
-    The automatic rounding (null, on a GPU) is skipped where rounding ``max_len`` up would pass the
-    model's position limit."""
-    if packing or padding.get("padding_free", False):
+    Padded batches: the automatic rounding (null, on a GPU) is skipped where rounding ``max_len`` up would
+    pass the model's position limit. Padding-free rows are rounded only when a value is set (with
+    ``tokens_por_lote`` equal to it every row has one width: one shape for compiled attention kernels)."""
+    if packing:
         return {}
+    if padding.get("padding_free", False):
+        return {"pad_to_multiple_of": int(value)} if value is not None and int(value) > 1 else {}
     if value is None:
         rounded = -(-max_len // GPU_PAD_MULTIPLE) * GPU_PAD_MULTIPLE
         fits = model_limit is None or rounded <= model_limit
@@ -274,6 +277,9 @@ class DataSizes:
     train_rows: int
     train_tokens: int
     eval_rows: int
+    #: every training record's length: the batch plan of ``agrupar_por_tamanho``/``tokens_por_lote`` counts
+    #: its own batches (batching.py); empty = count ``batch_size`` rows per batch
+    train_lengths: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -312,8 +318,23 @@ def plan(
     notes: list[str] = [
         f"effective batch: {batch} per device x {accum} accumulation x {world} process(es) = {batch * accum * world}"
     ]
-    rows = max(1, math.ceil(sizes.train_tokens / max_len)) if tr.packing else sizes.train_rows
-    steps_per_epoch = max(1, math.ceil(rows / (batch * accum * world)))
+    padding: dict[str, Any] = dict(padding_free_option(tr.padding_free, tr.packing))
+    padding.update(
+        pad_multiple_option(tr.pad_to_multiple_of, padding, tr.packing, rt.cuda, max_len, model_limit)
+    )
+    if batching.use_length_grouping(tr) and sizes.train_lengths:  # our batch sampler: its own count
+        steps_per_epoch = batching.steps_per_epoch(
+            sizes.train_lengths,
+            batch,
+            accum,
+            tr.seed,
+            tr.tokens_por_lote,
+            batching.plan_pad_multiple(padding),
+            world,
+        )
+    else:
+        rows = max(1, math.ceil(sizes.train_tokens / max_len)) if tr.packing else sizes.train_rows
+        steps_per_epoch = max(1, math.ceil(rows / (batch * accum * world)))
     total_steps = tr.max_steps if tr.max_steps > 0 else math.ceil(steps_per_epoch * tr.epochs)
     eval_every = resolve_steps(tr.eval_steps, total_steps) if sizes.eval_rows else 0
     do_eval = bool(eval_every)
@@ -328,10 +349,6 @@ def plan(
     save_every = eval_every or max(1, min(50, total_steps // 5 or 1))
     load_best = save and do_eval  # B10: best-model reloading only where checkpoints are saved
 
-    padding: dict[str, Any] = dict(padding_free_option(tr.padding_free, tr.packing))
-    padding.update(
-        pad_multiple_option(tr.pad_to_multiple_of, padding, tr.packing, rt.cuda, max_len, model_limit)
-    )
     # rows are already within max_len (tokenize_split); TRL refuses max_length on padding-free unpacked rows
     sft_max_length = None if padding.get("padding_free") and not tr.packing else max_len
     trackers = [r for r in tr.report_to if r and r not in ("none", "tensorboard")]
@@ -371,6 +388,7 @@ def plan(
         packing=tr.packing,
         **padding,
         train_sampling_strategy="group_by_length" if tr.agrupar_por_tamanho and not tr.packing else "random",
+        **batching.liger_option(tr.liger_kernel, rt.backend, rt.cuda),
         dataset_num_proc=None,
         dataloader_num_workers=0,
         use_cpu=not rt.cuda,
@@ -522,6 +540,7 @@ def train(
     models.check_quantization(tr.bits, rt.cuda)
     source, model_config = check_model(exp)
     report_to = tracker_settings(tr.report_to)
+    batching.check_options(tr, rt.backend, rt.cuda)
     if rt.cuda:
         runtime.use_flash_attention_kernels()
     log.info("backend %s, precision %s, %s-bit, device %s", rt.backend, rt.precision, tr.bits, rt.device)
@@ -586,7 +605,10 @@ def train(
     eval_ds = Dataset.from_dict(eval_tok) if eval_tok["input_ids"] else None
 
     # 5. the plan: steps, intervals, padding, SFTConfig arguments
-    sizes = DataSizes(len(train_ds), train_stats["tokens"], len(eval_ds) if eval_ds is not None else 0)
+    lengths = tuple(len(ids) for ids in train_tok["input_ids"])
+    sizes = DataSizes(
+        len(train_ds), train_stats["tokens"], len(eval_ds) if eval_ds is not None else 0, lengths
+    )
     the_plan = plan(exp, rt, sizes, paths.checkpoints, models.model_max_length(model_config), world)
     for note in the_plan.notes:
         log.info("%s", note)
@@ -665,6 +687,8 @@ def train(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; MetricsCallback logs progress instead
+    if batching.use_length_grouping(tr):
+        batching.install(trainer, lengths, tr.tokens_por_lote, batching.plan_pad_multiple(the_plan.sft_args))
     masked = check_collated_batch(trainer, tokenizer, tr.train_on_responses_only)
     params = count_parameters(trainer.model)
     log.info(
