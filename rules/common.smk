@@ -28,7 +28,8 @@ from afinar.config.profile_check import (  # noqa: E402
 def _load():
     """Normalize and check the config once, before any job: a bad config is one line and exit 1."""
     try:
-        for path in workflow.configfiles:  # Snakemake's reader keeps a repeated key silently
+        # Snakemake's reader keeps a repeated key silently: read each config file with ours first
+        for path in workflow.configfiles:
             read_yaml(path)
         cfg = load_config(dict(config))
         problems = check_paths(cfg)
@@ -107,7 +108,11 @@ ENCRYPTED = bool(
 if ENCRYPTED:
     os.umask(0o077)
     # .snakemake/ and this run's log were created before the Snakefile was read: made private too
-    for path in [Path(".snakemake"), *Path(".snakemake").glob("log/*"), Path(".snakemake/log")]:
+    for path in [
+        Path(".snakemake"),
+        *Path(".snakemake").glob("log/*"),
+        Path(".snakemake/log"),
+    ]:
         if path.exists():
             path.chmod(0o700 if path.is_dir() else 0o600)
 
@@ -150,7 +155,8 @@ def exp_targets(exp):
 
     The adapter and the predictions are targets themselves: Snakemake accepts a missing intermediate
     file while the files made from it are up to date, so after a run killed during `--forcerun train`
-    (which deletes the adapter first) a plain rerun would otherwise say "Nothing to be done"."""
+    (which deletes the adapter first) a plain rerun would otherwise say "Nothing to be done".
+    """
     return [
         str(layout.exp_path(exp, p))
         for p in (layout.ADAPTER, layout.PREDICTIONS, layout.REPORT, layout.METRICS)
@@ -199,14 +205,17 @@ def train_inputs(wildcards):
 
 def train_settings(wildcards):
     """`treinamento` minus `checkpoint_minutos`: how often checkpoints are written never changes the
-    adapter, so it must not rerun train; it travels as the `checkpoint_s` resource instead."""
+    adapter, so it must not rerun train; it travels as the `checkpoint_s` resource instead.
+    """
     section = exp_params(wildcards, "treinamento")
     return {k: v for k, v in section.items() if k != "checkpoint_minutos"}
 
 
 def train_checkpoint_s(wildcards):
     """`treinamento.checkpoint_minutos` in whole seconds (resources are integers; 0 = off)."""
-    return round(60 * float(exp_params(wildcards, "treinamento")["checkpoint_minutos"] or 0))
+    return round(
+        60 * float(exp_params(wildcards, "treinamento")["checkpoint_minutos"] or 0)
+    )
 
 
 def train_gpus(wildcards):
@@ -310,7 +319,10 @@ def predict_model(wildcards):
 def predict_training(wildcards):
     """The training keys that shape inference: backend, quantization, precision, context length, seed (for sampling)."""
     section = exp_params(wildcards, "treinamento")
-    return {k: section[k] for k in ("backend", "nbits", "precisao", "max_seq_length", "seed")}
+    return {
+        k: section[k]
+        for k in ("backend", "nbits", "precisao", "max_seq_length", "seed")
+    }
 
 
 def evaluate_inputs(wildcards):
@@ -335,7 +347,8 @@ def exp_value(section, key):
 
 def exp_config(wildcards):
     """The experiment's merged config {modelo, treinamento, lora, predicao}, as the report shows it,
-    without `predicao.batch_size`: a speed setting must never rerun anything (the report included)."""
+    without `predicao.batch_size`: a speed setting must never rerun anything (the report included).
+    """
     exp = EXPS[wildcards.exp]
     predicao = {k: v for k, v in exp["predicao"].items() if k != "batch_size"}
     return {**exp, "predicao": predicao}
@@ -368,8 +381,12 @@ def compare_inputs(wildcards):
     return {
         "metricas": [str(layout.exp_path(exp, layout.METRICS)) for exp in EXPS],
         "summary": [str(layout.exp_path(exp, layout.METRICS_SUMMARY)) for exp in EXPS],
-        "hardware": [str(layout.exp_path(exp, layout.HARDWARE_METRICS)) for exp in EXPS],
-        "training": [str(layout.exp_path(exp, layout.TRAINING_METRICS)) for exp in EXPS],
+        "hardware": [
+            str(layout.exp_path(exp, layout.HARDWARE_METRICS)) for exp in EXPS
+        ],
+        "training": [
+            str(layout.exp_path(exp, layout.TRAINING_METRICS)) for exp in EXPS
+        ],
     }
 
 
