@@ -25,7 +25,7 @@ refused with ``Unsupported`` and predicted with ``generate`` instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ def kv_bytes_per_token(model: Any) -> int:
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     dtype_bytes = next(model.parameters()).element_size()
-    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * max(dtype_bytes, 2)
+    return int(2 * cfg.num_hidden_layers * kv_heads * head_dim * max(dtype_bytes, 2))
 
 
 def _decode_attention(
@@ -85,9 +85,10 @@ def _decode_attention(
     if kwargs.get("sliding_window") or kwargs.get("softcap"):
         raise Unsupported("sliding-window or soft-capped attention")
     if query.shape[2] != 1:
-        return sdpa_attention_forward(
+        result: tuple[Any, None] = sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+        return result
     batch, heads, _, head_dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
@@ -187,7 +188,7 @@ class StaticDecoder:
         shape = self._shape_for(len(prompts), prompt_len)
         with torch.inference_mode(), self._attention():
             steps = self._run(shape, prompts)
-            rows = shape.tokens[:, :steps].tolist()
+            rows: list[list[int]] = shape.tokens[:, :steps].tolist()
         return rows
 
     def release(self) -> None:
@@ -201,7 +202,7 @@ class StaticDecoder:
         from contextlib import contextmanager
 
         @contextmanager
-        def switched():
+        def switched() -> Iterator[None]:
             config = self.model.config
             before = config._attn_implementation
             config._attn_implementation = self.attention

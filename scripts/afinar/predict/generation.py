@@ -124,7 +124,8 @@ def run_config_predicao(raw_config: dict, exp: str) -> dict[str, Any]:
     """
     from afinar.config import experiments, load_config
 
-    return experiments(load_config(dict(raw_config)))[exp]["predicao"]
+    section: dict[str, Any] = experiments(load_config(dict(raw_config)))[exp]["predicao"]
+    return section
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -399,7 +400,8 @@ class _GenerateEngine:
             attention_mask=attention.to(self.device),
             generation_config=self.cfg,
         )
-        return out[:, width:].cpu().tolist()
+        rows: list[list[int]] = out[:, width:].cpu().tolist()
+        return rows
 
     def release(self) -> None:
         pass

@@ -137,7 +137,7 @@ def token_budget_option(value: Any, max_len: int, packing: bool) -> int | None:
     problem = token_budget_problem(value, max_len, packing)
     if problem:
         raise AfinarError(problem)
-    return value
+    return None if value is None else int(value)
 
 
 def use_length_grouping(tr: Any) -> bool:

@@ -18,6 +18,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from afinar.builtin_models import SMOLLM2_FOLDER as FOLDER
 from afinar.builtin_models import SMOLLM2_NAME as NAME
@@ -45,7 +46,7 @@ def gguf_path() -> Path:
     return path
 
 
-def fix_special_tokens(tokenizer) -> None:
+def fix_special_tokens(tokenizer: Any) -> None:
     """End of sequence and padding are ``<|im_end|>``, as in the GGUF metadata (transformers' reader
     takes ``<|im_start|>`` for eos and sets no pad)."""
     end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
