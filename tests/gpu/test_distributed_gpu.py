@@ -90,7 +90,9 @@ def test_fsdp_on_two_gpus_killed_rank_resumes(tmp_path: Path) -> None:
         tmp_path, backend="auto", nbits=0, precisao="bf16", distribuido={"gpus": 2, "estrategia": "fsdp"}
     )
     checkpoints = wf / "results" / "demo" / "checkpoints"
-    job = subprocess.Popen(cmd, cwd=wf, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out_file = tmp_path / "first-run.out"  # a file, not a pipe that nobody reads until the kill
+    with open(out_file, "w") as sink:
+        job = subprocess.Popen(cmd, cwd=wf, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 1500
         while not list(checkpoints.glob("checkpoint-*/scheduler.pt")):
@@ -100,12 +102,13 @@ def test_fsdp_on_two_gpus_killed_rank_resumes(tmp_path: Path) -> None:
         ranks = {int(e["RANK"]): pid for pid, e in procs.items() if "RANK" in e}
         assert sorted(ranks) == [0, 1], procs
         os.kill(ranks[1], signal.SIGKILL)
-        out, _ = job.communicate(timeout=900)
+        job.wait(timeout=900)
     finally:
         if job.poll() is None:
             job.kill()
             job.wait()
     assert job.returncode != 0
+    out = out_file.read_text()
     errors = [line for line in out.splitlines() if line.startswith("afinar: error:")]
     assert len(errors) == 1 and "rank 1 was killed by SIGKILL" in errors[0], out[-3000:]
     assert not any(alive(pid) for pid in procs)

@@ -83,12 +83,13 @@ def test_two_process_training_killed_rank_and_resume(tmp_path):
     cfg = distributed_config(wf)
     checkpoints = wf / "results" / "demo" / "checkpoints"
     cmd = [str(BIN / "snakemake"), "--cores", "2", TARGET, "--configfile", cfg]
-    job = subprocess.Popen(
-        cmd, cwd=wf, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # output to a file, not a pipe: nobody reads a pipe until the kill, and a full one blocks snakemake
+    out_file = tmp_path / "first-run.out"
+    with open(out_file, "w") as sink:
+        job = subprocess.Popen(cmd, cwd=wf, env=offline_env(), stdout=sink, stderr=subprocess.STDOUT)
     try:
         # 1. once the first checkpoint is complete, kill rank 1 (SIGKILL: it cannot clean up after itself)
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 2400  # a guard against a hang, not a speed check
         while not list(checkpoints.glob("checkpoint-*/scheduler.pt")):
             assert job.poll() is None and time.monotonic() < deadline, "training ended before a checkpoint"
             time.sleep(0.2)
@@ -96,12 +97,13 @@ def test_two_process_training_killed_rank_and_resume(tmp_path):
         ranks = {int(env["RANK"]): pid for pid, env in procs.items() if "RANK" in env}
         assert sorted(ranks) == [0, 1], procs  # two training processes under torchrun
         os.kill(ranks[1], signal.SIGKILL)
-        out, _ = job.communicate(timeout=600)
+        job.wait(timeout=600)
     finally:
         if job.poll() is None:
             job.kill()
             job.wait()
     assert job.returncode != 0
+    out = out_file.read_text()
     errors = [line for line in out.splitlines() if line.startswith("afinar: error:")]
     assert len(errors) == 1 and "rank 1 was killed by SIGKILL" in errors[0], out[-3000:]
     assert not any(alive(pid) for pid in procs), "a training process outlived the failed job"
