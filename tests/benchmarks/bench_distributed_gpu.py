@@ -116,7 +116,8 @@ def main() -> None:
     if args.cpu_smoke:
         args.steps, args.n, args.batch = min(args.steps, 4), min(args.n, 64), 4
     counts = [int(g) for g in args.gpus.split(",")]
-    prep = bench.prepare(Path(args.workdir), args.n, args.cpu_smoke)
+    name = "tiny" if args.cpu_smoke else "1b"
+    prep = bench.prepare(Path(args.workdir), {name: args.n})["models"][name]
     device = bench.device_info(args.cpu_smoke)
     results = [run(prep, args, g) for g in counts]
     base = results[0]
@@ -133,7 +134,7 @@ def main() -> None:
         "backend": "transformers" if args.cpu_smoke else args.backend,
         "results": results,
     }
-    print(f"{report['date']}  {device['gpu']}  {prep['params']:,} parameters, {args.steps} steps")
+    print(f"{report['date']}  {device['gpu']}  {prep['params']['total']:,} parameters, {args.steps} steps")
     print("gpus  strategy  eff.batch  samples/s  speed-up  efficiency  runtime s  peak GB")
     for r in results:
         print(
