@@ -167,7 +167,7 @@ def test_recovery_after_kill_during_forcerun_train(project: Path, tmp_path: Path
     )
     try:
         deadline = time.monotonic() + 900
-        while b"GPUs are busy: waiting" not in _read(train_log):  # the first run's log has no such line
+        while b"GPUs are free: waiting" not in _read(train_log):  # the first run's log has no such line
             assert proc.poll() is None, (tmp_path / "forcerun.out").read_text()[-3000:]
             assert time.monotonic() < deadline, "the train job never reached its GPU wait"
             time.sleep(0.5)
