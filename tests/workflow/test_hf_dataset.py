@@ -32,6 +32,7 @@ def _config(hf_folder: Path, **dataset) -> dict:
         "pastas": {"divisao": {"proporcao": {"treino": 0.8, "validacao": 0.1, "teste": 0.1}, "seed": 7}},
         "modelo": {"base": "results/demo/modelo-base", "saida": "hf"},
         "treinamento": {"backend": "transformers", "nbits": 0, "max_seq_length": 256},
+        "predicao": {"max_new_tokens": 64},
     }
 
 
