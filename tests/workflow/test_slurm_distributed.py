@@ -23,11 +23,6 @@ def test_two_node_job_plans_its_slurm_geometry(tmp_path):
     and runs its own srun (mpi); a one-GPU experiment of the same config stays a plain one-GPU job."""
     wf = copy_workflow(tmp_path / "wf")
     profile = filled_slurm_profile(tmp_path / "profile")
-    # as docs/cluster.md says for several nodes: the profile's one-GPU line for train is removed
-    conf = profile / "config.yaml"
-    conf.write_text(
-        "".join(line for line in conf.read_text().splitlines(True) if not line.startswith("    gpu: 1  "))
-    )
     cfg = yaml.safe_load((wf / "config" / "config.yaml").read_text())
     cfg["treinamento"].update({"backend": "auto", "distribuido": {"gpus": 4, "nos": 2}})
     cfg["experimentos"] = {"grande": {}, "pequeno": {"treinamento": {"distribuido": {"gpus": 1, "nos": 1}}}}
