@@ -236,6 +236,17 @@ def train_gres(wildcards):
     return f"gpu:{d.gpus}" if d.nos > 1 and wants_gpu(tr["backend"]) else None
 
 
+def train_cpus_per_task(wildcards, threads):
+    """CPUs of each SLURM task of a distributed CPU training (backend transformers, gloo): the job's
+    threads shared among the tasks of a node, so that N tasks ask the node's threads, not N times them.
+    Unset otherwise (one process: threads; GPU jobs: the profile's cpus_per_gpu)."""
+    tr = EXPS[wildcards.exp]["treinamento"]
+    d = distributed.settings(tr)
+    if wants_gpu(tr["backend"]) or not d.distributed:
+        return None
+    return max(1, threads // d.gpus)
+
+
 def train_slurm(key):
     """One SLURM geometry resource of a distributed training (nodes, tasks, mpi, ...); unset for one
     process. See afinar.train.distributed.slurm_resources."""

@@ -94,6 +94,7 @@ rule train:
         tasks_per_node=train_slurm("tasks_per_node"),
         tasks_per_gpu=train_slurm("tasks_per_gpu"),
         mpi=train_slurm("mpi"),
+        cpus_per_task=train_cpus_per_task,
     params:
         codigo=library_code("train.py"),
         modelo=exp_section("modelo"),

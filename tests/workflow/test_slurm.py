@@ -230,7 +230,8 @@ def test_sbatch_gets_cpus_per_gpu_for_gpu_rules_and_threads_for_the_others(train
     calls = {}
     for rule, extra in (
         ("predict", []),
-        ("train", ["--forcerun", "train"]),
+        # backend auto: the GPU training (the demo's transformers backend is the CPU path and asks no GPU)
+        ("train", ["--forcerun", "train", "--config", "treinamento={backend: auto}"]),
         ("pair", ["--forcerun", "pair"]),
     ):
         record.unlink(missing_ok=True)
@@ -259,6 +260,7 @@ def test_jobs_bigger_than_every_node_are_refused_before_submission(trained, tmp_
     profile = cluster_profile(tmp_path / "my-profile", scale_to_node=False)
     cmd = ["timeout", "-s", "KILL", "300", str(BIN / "snakemake"), "--profile", str(profile)]
     cmd += ["--sdm", "env-modules", "--until", "train", "--forcerun", "train"]
+    cmd += ["--config", "treinamento={backend: auto}"]  # the GPU training (transformers asks no GPU)
     proc = subprocess.run(
         cmd, cwd=trained, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
