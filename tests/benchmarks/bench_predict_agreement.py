@@ -15,7 +15,8 @@ merged as the predict rule merges it): the same prompts through
   GPU its decode step is a captured CUDA graph, on a CPU the same step runs eagerly),
 
 and prints how many answers are identical, the mean share of an answer identical before its first
-difference, and each path's time. Prompts come from a test split (``--split``, parquet or JSONL with
+difference, and each path's time. ``--control-batch N`` also runs the old path at batch N: how many answers
+a change of batch shape alone flips, with no change of decoder. Prompts come from a test split (``--split``, parquet or JSONL with
 ``messages``) or, without one, are synthetic extraction prompts. Nothing is downloaded.
 """
 
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=64, help="prompts")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--old-batch", type=int, default=64)
+    parser.add_argument(
+        "--control-batch",
+        type=int,
+        default=0,
+        help="also run the old path at this batch size: how much a batch shape alone changes the answers",
+    )
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -102,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         f"greedy agreement old vs new ({args.dtype}): {same}/{common} identical answers "
         f"({same / max(common, 1):.1%}); identical share before the first difference {share:.0%}"
     )
+    control = None
+    if args.control_batch:
+        ctl, _, _ = run_path(
+            model, tokenizer, records, args.max_new_tokens, "generate", args.control_batch, device
+        )
+        control = agreement(old, ctl)
+        print(
+            f"control: old path at batch {args.old_batch} vs batch {args.control_batch}: "
+            f"{control[0]}/{control[1]} identical answers"
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -110,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                     "args": vars(args),
                     "agreement": [same, common],
                     "prefix_share": share,
+                    "control": control,
                     "old": {"seconds": t_old, "tokens": tok_old},
                     "new": {"seconds": t_new, "tokens": tok_new},
                 },
