@@ -25,7 +25,11 @@ def test_two_node_job_plans_its_slurm_geometry(tmp_path):
     profile = filled_slurm_profile(tmp_path / "profile")
     cfg = yaml.safe_load((wf / "config" / "config.yaml").read_text())
     cfg["treinamento"].update({"backend": "auto", "distribuido": {"gpus": 4, "nos": 2}})
-    cfg["experimentos"] = {"grande": {}, "pequeno": {"treinamento": {"distribuido": {"gpus": 1, "nos": 1}}}}
+    cfg["experimentos"] = {
+        "grande": {},
+        "pequeno": {"treinamento": {"distribuido": {"gpus": 1, "nos": 1}}},
+        "cpu": {"treinamento": {"backend": "transformers", "distribuido": {"gpus": 2, "nos": 1}}},
+    }
     (wf / "config" / "nodes.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     proc = snakemake(
         wf,
@@ -44,6 +48,9 @@ def test_two_node_job_plans_its_slurm_geometry(tmp_path):
         re.search(r"exp=(\S+)", job).group(1): re.search(r"resources: (.*)", job).group(1).split(", ")
         for job in jobs
     }
+    threads = {
+        re.search(r"exp=(\S+)", job).group(1): int(re.search(r"threads: (\d+)", job).group(1)) for job in jobs
+    }
     big, small = resources["grande"], resources["pequeno"]
     for expected in (
         "nodes=2",
@@ -56,6 +63,13 @@ def test_two_node_job_plans_its_slurm_geometry(tmp_path):
         assert expected in big, big
     assert not any(r.startswith("gpu=") for r in big)  # --gpus would count the whole job, not per node
     assert "gpu=1" in small and not any(r.startswith(("nodes=", "tasks", "mpi=", "gres=")) for r in small)
+    assert not any(
+        r.startswith("cpus_per_task=") for r in big + small
+    )  # GPU jobs: the profile's cpus_per_gpu
+    # two gloo processes share the job's threads: N tasks must not ask N times the node's CPUs
+    cpu = resources["cpu"]
+    assert "tasks=2" in cpu and "gpu=0" in cpu, cpu
+    assert f"cpus_per_task={max(1, threads['cpu'] // 2)}" in cpu, (threads["cpu"], cpu)
 
 
 @pytest.mark.slurm
