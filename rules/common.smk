@@ -244,7 +244,7 @@ def train_cpus_per_task(wildcards, threads):
     d = distributed.settings(tr)
     if wants_gpu(tr["backend"]) or not d.distributed:
         return None
-    return max(1, threads // d.gpus)
+    return d.threads_per_process(threads)
 
 
 def train_slurm(key):

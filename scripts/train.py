@@ -78,7 +78,7 @@ def run(smk) -> None:
         spec = {
             "exp": {k: sections[k] for k in ("modelo", "treinamento", "lora")},
             "paths": {k: str(v) if v is not None else None for k, v in asdict(paths).items()},
-            "threads_per_process": max(1, smk.threads // dist.gpus),
+            "threads_per_process": dist.threads_per_process(smk.threads),
             "log": str(smk.log[0]) if len(smk.log) else None,
             "log_level": log_level_from_config(getattr(smk, "config", {}) or {}),
         }

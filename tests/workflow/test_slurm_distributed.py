@@ -63,9 +63,8 @@ def test_two_node_job_plans_its_slurm_geometry(tmp_path):
         assert expected in big, big
     assert not any(r.startswith("gpu=") for r in big)  # --gpus would count the whole job, not per node
     assert "gpu=1" in small and not any(r.startswith(("nodes=", "tasks", "mpi=", "gres=")) for r in small)
-    assert not any(
-        r.startswith("cpus_per_task=") for r in big + small
-    )  # GPU jobs: the profile's cpus_per_gpu
+    # GPU jobs take the profile's cpus_per_gpu, never cpus_per_task
+    assert not any(r.startswith("cpus_per_task=") for r in big + small)
     # two gloo processes share the job's threads: N tasks must not ask N times the node's CPUs
     cpu = resources["cpu"]
     assert "tasks=2" in cpu and "gpu=0" in cpu, cpu

@@ -36,6 +36,10 @@ class DistSettings:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def threads_per_process(self, threads: int) -> int:
+        """A node's ``threads`` shared among its training processes (at least one each)."""
+        return max(1, threads // self.gpus)
+
 
 def section(tr: Any) -> dict:
     """A ``treinamento`` section as a plain dict: the typed settings (afinar.config.settings) or a mapping."""

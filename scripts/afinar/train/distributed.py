@@ -269,7 +269,7 @@ def plan_launch(
     env = dict(os.environ if env is None else env)
     if not d.distributed:
         return Launch("in-process", [], env)
-    per_proc = max(1, threads // d.gpus)
+    per_proc = d.threads_per_process(threads)
     env.setdefault("OMP_NUM_THREADS", str(per_proc))
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")) if p
