@@ -12,8 +12,10 @@ from afinar.code_version import library_digest  # noqa: E402
 from afinar.config import check_paths, experiments, load_config, read_yaml  # noqa: E402
 from afinar import layout  # noqa: E402
 from afinar.errors import AfinarError, fail  # noqa: E402
+from afinar.gpu_slots import machine_has_gpu  # noqa: E402
 from afinar.preflight import (  # noqa: E402
     check_models_available,
+    check_quantized_training_has_gpu,
     experiments_needing_models,
 )
 from afinar.runtime import wants_gpu  # noqa: E402
@@ -84,10 +86,16 @@ def check_models_before_jobs(workflow):
     """Called from onstart: the base models of the experiments whose planned jobs load one are available.
 
     A Hub id that is not cached while offline would otherwise fail only in the train job, after the
-    data stages and ~100 s of Hub retries."""
-    needed = experiments_needing_models(workflow.dag.needrun_jobs())
+    data stages and ~100 s of Hub retries; likewise a 4/8-bit training (the default nbits) run by the
+    local executor on a machine without a GPU."""
+    jobs = list(workflow.dag.needrun_jobs())
+    needed = experiments_needing_models(jobs)
     if needed:
         check_models_available(EXPS, needed)
+    plugin = getattr(workflow, "executor_plugin", None)
+    training = {str(j.wildcards["exp"]) for j in jobs if j.rule.name == "train"}
+    if training and getattr(plugin, "name", "local") == "local":
+        check_quantized_training_has_gpu(EXPS, training, machine_has_gpu())
 
 
 CFG = _load()

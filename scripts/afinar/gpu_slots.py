@@ -59,6 +59,18 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
     return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if line_is_gpu(ln))]
 
 
+def machine_has_gpu(env: dict[str, str] | None = None, dev: Path = Path("/dev")) -> bool:
+    """Whether a job started here can see an NVIDIA GPU (no torch import): a non-empty
+    ``CUDA_VISIBLE_DEVICES``, a ``/dev/nvidia<N>`` device, or a GPU listed by ``nvidia-smi``. Errs on the
+    side of yes: a container without ``nvidia-smi`` still has the device files."""
+    env = dict(os.environ) if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return bool(visible_gpus(env))
+    if any(dev.glob("nvidia[0-9]*")):
+        return True
+    return bool(visible_gpus(env))
+
+
 def line_is_gpu(line: str) -> bool:
     return line.startswith("GPU ")
 

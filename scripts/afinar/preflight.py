@@ -158,6 +158,23 @@ def check_models_available(exps: dict[str, dict], only: set[str] | None = None) 
             raise AfinarError(f"{prefix}: {source.detail}")
 
 
+def check_quantized_training_has_gpu(exps: dict[str, dict], training: set[str], has_gpu: bool) -> None:
+    """A run on this machine (the local executor) whose planned training loads its base in 4/8 bits needs a
+    CUDA GPU here. ``nbits: 4`` is the default (the original tool's), so a first run on a laptop would
+    otherwise do the data stages and stop only when the train job starts."""
+    if has_gpu:
+        return
+    for name in sorted(training):
+        nbits = exps[name]["treinamento"]["nbits"]
+        if nbits in (4, 8):
+            prefix = "treinamento.nbits" if len(exps) == 1 else f"experiment {name}: treinamento.nbits"
+            raise AfinarError(
+                f"{prefix}: {nbits} (4/8-bit loading, bitsandbytes) needs a CUDA GPU and this machine has none "
+                "— set treinamento.nbits: 0 to train on the CPU, or run where the GPUs are "
+                "(e.g. --profile profiles/slurm)"
+            )
+
+
 # Rules whose jobs load the experiment's base model (or its tokenizer).
 MODEL_RULES = frozenset({"filter_tokens", "train", "predict", "predict_base", "export_merged", "export_gguf"})
 

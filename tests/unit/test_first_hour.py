@@ -219,3 +219,16 @@ def test_missing_folders_name_the_directory_they_were_resolved_from(plain_text: 
         from afinar.data.pairing import list_files
 
         list_files("saidas", "*.txt", "pastas.predicao")
+
+
+def test_a_4bit_training_on_a_machine_without_gpu_is_refused_by_name() -> None:
+    """nbits 4 is the default: a local run without a GPU is stopped before any job, naming the key."""
+    from afinar.preflight import check_quantized_training_has_gpu
+
+    exps = {"a": {"treinamento": {"nbits": 4}}, "b": {"treinamento": {"nbits": 0}}}
+    with pytest.raises(AfinarError, match=r"^experiment a: treinamento.nbits: 4 .* set treinamento.nbits: 0"):
+        check_quantized_training_has_gpu(exps, {"a", "b"}, has_gpu=False)
+    check_quantized_training_has_gpu(exps, {"b"}, has_gpu=False)  # only the planned trainings count
+    check_quantized_training_has_gpu(exps, {"a", "b"}, has_gpu=True)
+    with pytest.raises(AfinarError, match=r"^treinamento.nbits: 8 "):
+        check_quantized_training_has_gpu({"x": {"treinamento": {"nbits": 8}}}, {"x"}, has_gpu=False)

@@ -10,9 +10,23 @@ import time
 import pytest
 
 from afinar.errors import AfinarError
-from afinar.gpu_slots import claim_gpu, visible_gpus
+from afinar.gpu_slots import claim_gpu, machine_has_gpu, visible_gpus
 
 REPO_SCRIPTS = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "scripts")
+
+
+def test_machine_has_gpu_without_torch(tmp_path):
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    no_smi = {"PATH": str(tmp_path)}  # no nvidia-smi on this PATH
+    assert not machine_has_gpu(no_smi, dev)
+    assert not machine_has_gpu({**no_smi, "CUDA_VISIBLE_DEVICES": ""}, dev)  # GPUs hidden on purpose
+    assert machine_has_gpu({**no_smi, "CUDA_VISIBLE_DEVICES": "1"}, dev)
+    (dev / "nvidiactl").touch()  # the control device alone is not a GPU
+    assert not machine_has_gpu(no_smi, dev)
+    (dev / "nvidia0").touch()  # a container without nvidia-smi still has the device file
+    assert machine_has_gpu(no_smi, dev)
+    assert not machine_has_gpu({**no_smi, "CUDA_VISIBLE_DEVICES": "-1"}, dev)
 
 
 def test_visible_gpus_from_env():

@@ -99,6 +99,25 @@ def test_offline_uncached_model_is_refused_before_any_job(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_4bit_training_without_a_gpu_is_refused_before_any_job(tmp_path: Path) -> None:
+    """The default nbits (4) on a machine without a GPU, run by the local executor: one line in onstart, not
+    a failed train job after the data stages; a run that plans no training is not stopped."""
+    wf = copy_workflow(tmp_path / "wf")
+    env = offline_env(CUDA_VISIBLE_DEVICES="")  # no GPU for this run, whatever the machine has
+    four_bit = ["--config", "treinamento={nbits: 4}"]
+    proc = run_snakemake(wf, *four_bit, env=env)
+    assert proc.returncode != 0
+    line = next((x for x in proc.stderr.splitlines() if "afinar: error:" in x), "")
+    assert "treinamento.nbits: 4 (4/8-bit loading, bitsandbytes) needs a CUDA GPU" in line, proc.stderr[
+        -2000:
+    ]
+    assert "set treinamento.nbits: 0" in line and "Traceback" not in proc.stderr
+    assert not (wf / "results").exists()  # no job ran, not even the demo model or the data stages
+
+    proc = run_snakemake(wf, *SPLITS, *four_bit, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_unreachable_hub_is_refused_at_once(tmp_path: Path) -> None:
     """Without HF_HUB_OFFLINE, a Hub that cannot be reached is found out by one quick probe (not by the hub
     client's ~100 s of retries in the train job)."""
