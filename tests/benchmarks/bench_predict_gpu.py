@@ -24,6 +24,8 @@ of the common prompts get the identical answer from the old and the new path (bf
 rounding, so a near-tie can flip a token). ``--lora`` adds a random LoRA (all linear layers) and compares
 merged with unmerged predictions; ``--four-bit`` compares the old 4-bit path (bitsandbytes NF4 base +
 unmerged adapter + ``generate``) with the new one (de-quantised base, merged, static decoder).
+``--unsloth`` also times Unsloth's inference mode (``FastLanguageModel.for_inference`` + its ``generate``)
+on the old path's prompts, at the old path's batch and at 256.
 """
 
 from __future__ import annotations
@@ -278,9 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hbm-tbs", type=float, default=None, help="HBM bandwidth in TB/s (default: by GPU name)"
     )
+    parser.add_argument(
+        "--unsloth",
+        action="store_true",
+        help="also time Unsloth's inference mode (FastLanguageModel.for_inference + generate) on the old prompts",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.unsloth:
+        import unsloth  # noqa: F401  (first, so that it patches transformers before the model is built)
 
     import logging
 
@@ -407,6 +416,13 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
 
+    if args.unsloth:
+        summary["unsloth"] = unsloth_inference(args, model, tokenizer, records[: args.old], max_new, outputs)
+        if "tokens_per_s" in summary["unsloth"]:
+            print(
+                f"Unsloth inference mode vs the new path: {summary['unsloth']['tokens_per_s'] / max(new_rates):.2f}x"
+            )
+
     if args.fp32:
         import copy
 
@@ -471,6 +487,55 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     return 0
+
+
+def unsloth_inference(args, model, tokenizer, records, max_new: int, outputs: dict) -> dict:
+    """Issue 17's last lever: the same weights loaded by Unsloth, ``for_inference``, its ``generate``.
+
+    Timed at the old path's batch and at 256 (Unsloth's own decoding is batch-size bound like ``generate``).
+    """
+    import tempfile
+
+    import torch
+
+    result: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            from unsloth import FastLanguageModel
+
+            t0 = time.perf_counter()
+            fast, _ = FastLanguageModel.from_pretrained(
+                tmp, max_seq_length=4096, dtype=torch.bfloat16, load_in_4bit=False
+            )
+            FastLanguageModel.for_inference(fast)
+            result["load_s"] = round(time.perf_counter() - t0, 2)
+        except Exception as exc:  # a benchmark reports what failed and goes on
+            print(f"Unsloth inference mode: could not load ({type(exc).__name__}: {exc})")
+            return {"failed": f"{type(exc).__name__}: {exc}"}
+    best = 0.0
+    for batch in (args.old_batch, 256):
+        try:
+            preds, seconds = predict(fast, tokenizer, records, max_new, "generate", batch)
+        except Exception as exc:
+            print(f"Unsloth inference mode, batch {batch}: failed ({type(exc).__name__}: {exc})")
+            result[f"batch_{batch}"] = {"failed": f"{type(exc).__name__}: {exc}"}
+            continue
+        tokens = sum(generated(p, max_new) for p in preds)
+        same, common = agreement(outputs["generate"], preds)
+        rate = tokens / seconds
+        best = max(best, rate)
+        result[f"batch_{batch}"] = {"tokens_per_s": rate, "seconds": seconds, "agreement_old": [same, common]}
+        print(
+            f"Unsloth inference mode (for_inference + generate, batch {batch}), {len(records)} prompts: "
+            f"{rate:,.0f} tokens/s; identical to the old path {same}/{common}"
+        )
+    if best:
+        result["tokens_per_s"] = best
+    del fast
+    torch.cuda.empty_cache()
+    return result
 
 
 def four_bit(args, model, tokenizer, records, max_new: int) -> dict:

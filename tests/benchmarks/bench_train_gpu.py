@@ -101,6 +101,15 @@ _BASE_VARIANTS: dict[str, dict] = {
     "ours-bf16-t4k": {"path": "ours", "tr": {"nbits": 0, "tokens_por_lote": 4096}},
     "ours-bf16-t8k": {"path": "ours", "tr": {"nbits": 0, "tokens_por_lote": 8192}},
     "ours-bf16-t16k": {"path": "ours", "tr": {"nbits": 0, "tokens_por_lote": 16384}},
+    # no gradient checkpointing: 4·N FLOPs per token instead of 6·N (no recomputed forward), for more memory
+    "ours-bf16-t8k-nogc": {
+        "path": "ours",
+        "tr": {"nbits": 0, "tokens_por_lote": 8192, "gradient_checkpointing": False},
+    },
+    "ours-bf16-t16k-nogc": {
+        "path": "ours",
+        "tr": {"nbits": 0, "tokens_por_lote": 16384, "gradient_checkpointing": False},
+    },
     "ours-bf16-bs16": {"path": "ours", "tr": {"nbits": 0, "batch_size": 16}},
     "ours-bf16-padfree": {"path": "ours", "tr": {"nbits": 0, "padding_free": True}},
     "ours-bf16-packing": {"path": "ours", "tr": {"nbits": 0, "packing": True}},
@@ -519,7 +528,15 @@ def run_ours(model: dict, variant: str, args, callbacks: list) -> dict:
             transformers.AutoModelForCausalLM.from_pretrained = load
     else:
         summary = train(exp, paths, extra_callbacks=callbacks, threads=2 if args.cpu_smoke else None)
-    keys = ("backend", "agrupar_por_tamanho", "tokens_por_lote", "packing", "padding_free", "liger_kernel")
+    keys = (
+        "backend",
+        "agrupar_por_tamanho",
+        "tokens_por_lote",
+        "packing",
+        "padding_free",
+        "liger_kernel",
+        "gradient_checkpointing",
+    )
     return {
         "batch": batch,
         "settings": {k: exp["treinamento"][k] for k in keys},
