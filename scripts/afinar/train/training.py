@@ -29,7 +29,7 @@ from afinar.config.settings import Experiment, experiment_from_partial
 from afinar.errors import AfinarError
 from afinar.io import atomic_dir, atomic_path, atomic_write_json
 from afinar.runtime import Runtime, choose_optim, choose_precision, import_unsloth  # noqa: F401 (old import path)
-from afinar.train import batching, chat, checkpoints, distributed, models, token_filter
+from afinar.train import batching, chat, checkpoints, distributed, memory_hint, models, token_filter
 
 log = logging.getLogger("afinar.train.training")
 
@@ -612,6 +612,12 @@ def train(
     the_plan = plan(exp, rt, sizes, paths.checkpoints, models.model_max_length(model_config), world)
     for note in the_plan.notes:
         log.info("%s", note)
+    if rt.cuda and tr.gradient_checkpointing and main:
+        free_bytes, _ = torch.cuda.mem_get_info()
+        step = memory_hint.largest_step_tokens(lengths, tr.batch_size, max_len, tr.tokens_por_lote)
+        hint = memory_hint.checkpointing_hint(model_config, step, free_bytes)
+        if hint:
+            log.info("%s", hint)
 
     # 6. trainer, resuming only a run with the same settings and data
     from trl import SFTConfig, SFTTrainer
