@@ -48,13 +48,18 @@ def run(smk) -> None:
             f"treinamento.distribuido.gpus: {dist.gpus} but snakemake gave this job {gpu_resource} GPU(s) — run "
             f"with --resources gpu={dist.gpus} (or more), or lower distribuido.gpus"
         )
-    # Choose this job's GPUs before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES only once.
+    # Before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES and the allocator settings only once.
     from afinar.gpu_slots import claim_gpus
+    from afinar.runtime import set_training_allocator
+
+    allocator = set_training_allocator()
 
     slot = claim_gpus(dist.gpus, timeout_s=600)
     # Which GPUs this job sees (set by the slot above, the user, or SLURM's --gpus): one line in the log.
     logging.getLogger("afinar.train").info(
-        "CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+        "CUDA_VISIBLE_DEVICES=%s; CUDA allocator %s",
+        os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+        allocator,
     )
     from afinar.train.training import TrainPaths, train
 

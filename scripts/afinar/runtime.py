@@ -58,6 +58,37 @@ def wants_gpu(backend: str) -> bool:
     return backend in GPU_BACKENDS
 
 
+#: the CUDA caching allocator's settings for training (see :func:`allocator_env`)
+TRAIN_ALLOCATOR = "expandable_segments:True"
+ALLOCATOR_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def allocator_env(environ: dict[str, str] | os._Environ[str] | None = None) -> dict[str, str]:
+    """The variables a training process needs before torch starts: ``{}`` when the user set either one.
+
+    torch reads its allocator settings once, when it starts; Unsloth sets expandable segments when it is
+    imported, which in a process that imported torch first is too late. Set before torch, they keep the
+    reserved memory at the allocated one: on an NVIDIA H200 (2026-12-03, bench_train_gpu.py, same run) the
+    1.1B bf16 training reserved 2.88 GB instead of 3.56 GB (allocated 2.81 GB both), the 8B 4-bit one
+    6.86 GB instead of 7.40 GB (allocated 6.73 GB), at the same speed."""
+    environ = os.environ if environ is None else environ
+    if any(var in environ for var in ALLOCATOR_VARS):
+        return {}
+    return {"PYTORCH_ALLOC_CONF": TRAIN_ALLOCATOR}
+
+
+def set_training_allocator() -> str:
+    """Apply :func:`allocator_env` to this process (call it before anything imports torch); returns the
+    setting in force, for the log."""
+    import sys
+
+    os.environ.update(allocator_env())
+    setting = next((f"{v}={os.environ[v]}" for v in ALLOCATOR_VARS if v in os.environ), "")
+    if "torch" in sys.modules:
+        return f"{setting or 'default'} (torch had already started: its own settings stay)"
+    return setting
+
+
 def choose_optim(optim: str, cuda: bool) -> str:
     """``auto`` = adamw_8bit on CUDA with bitsandbytes, else adamw_torch; 8-bit ones fall back on CPU."""
     if not optim or optim == "auto":

@@ -1,7 +1,8 @@
 """Greedy agreement of the old and the new predict path on a real model, on a GPU or a CPU.
 
     python3 tests/benchmarks/bench_predict_agreement.py --model results/modelos/smollm2-135m-instruct \
-        [--adapter results/demo-real/adapter] [--split results/data/teste.parquet] [--n 64] [--dtype bf16]
+        [--adapter results/demo-real/adapter] [--split results/data/teste.parquet [--split ...]] [--n 64]
+        [--dtype bf16]
 
 ``bench_predict_gpu.py`` measures speed on a random-weight model, whose next-token scores are nearly flat:
 there, a changed batch shape flips near-ties in bf16 and the old and new paths agree on few answers. This
@@ -62,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         "--adapter", default=None, help="a trained adapter folder, merged as the predict rule does"
     )
     parser.add_argument(
-        "--split", default=None, help="test split (parquet/JSONL with messages); default synthetic"
+        "--split",
+        action="append",
+        default=None,
+        help="a split (parquet with id + messages); repeat for several (e.g. the test, validation and "
+        "train splits: a sample large enough to read a 99 %% line); default synthetic prompts",
     )
-    parser.add_argument("--n", type=int, default=64, help="prompts")
+    parser.add_argument("--n", type=int, default=64, help="prompts per split (0 = all)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--old-batch", type=int, default=64)
     parser.add_argument(
@@ -90,12 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_for_inference(args.model, args.adapter, precisao=args.dtype)
     model = loaded.model.to(device=device, dtype=torch_dtype(args.dtype)).eval()
     tokenizer = loaded.tokenizer
-    records = read_test_split(args.split, args.n) if args.split else make_records(args.n, 0)
+    if args.split:
+        records = [r for split in args.split for r in read_test_split(split, args.n)]
+    else:
+        records = make_records(args.n or 64, 0)
     where = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}; {where}")
     print(
         f"model: {args.model}{' + ' + args.adapter + ' (merged)' if args.adapter else ''}; {args.dtype}; "
-        f"{len(records)} prompts from {args.split or 'synthetic records'}; {args.max_new_tokens} new tokens"
+        f"{len(records)} prompts from {', '.join(args.split or ['synthetic records'])}; "
+        f"{args.max_new_tokens} new tokens"
     )
     old, t_old, tok_old = run_path(
         model, tokenizer, records, args.max_new_tokens, "generate", args.old_batch, device

@@ -101,6 +101,13 @@ _BASE_VARIANTS: dict[str, dict] = {
     "ours-bf16-t4k": {"path": "ours", "tr": {"nbits": 0, "tokens_por_lote": 4096}},
     "ours-bf16-t8k": {"path": "ours", "tr": {"nbits": 0, "tokens_por_lote": 8192}},
     "ours-bf16-t16k": {"path": "ours", "tr": {"nbits": 0, "tokens_por_lote": 16384}},
+    # our processes get the train rule's allocator settings before torch starts (afinar.runtime.allocator_env);
+    # "-noalloc" = without them (an empty setting, which Unsloth's import then leaves alone): the A/B of 2026-12-03
+    "ours-bf16-t8k-noalloc": {
+        "path": "ours",
+        "tr": {"nbits": 0, "tokens_por_lote": 8192},
+        "env": {"PYTORCH_ALLOC_CONF": ""},
+    },
     # no gradient checkpointing: 4·N FLOPs per token instead of 6·N (no recomputed forward), for more memory
     "ours-bf16-t8k-nogc": {
         "path": "ours",
@@ -118,6 +125,10 @@ _BASE_VARIANTS: dict[str, dict] = {
     "ours-bf16-blockcompile": {"path": "ours", "tr": {"nbits": 0}, "env": {"UNSLOTH_BLOCK_COMPILE": "1"}},
     "ours-4bit": {"path": "ours", "tr": {"nbits": 4}},
     "ours-4bit-t8k": {"path": "ours", "tr": {"nbits": 4, "tokens_por_lote": 8192}},
+    "ours-4bit-noalloc": {"path": "ours", "tr": {"nbits": 4}, "env": {"PYTORCH_ALLOC_CONF": ""}},
+    # the fused loss's chunks capped at 128 rows (Unsloth's smallest automatic chunk is 512 rows: 262 MB of
+    # float32 logits with Llama 3's vocabulary)
+    "ours-4bit-ce128": {"path": "ours", "tr": {"nbits": 4}, "env": {"UNSLOTH_FUSED_LINEAR_MAX_ROWS": "128"}},
     # the transformers backend on the GPU (no Unsloth), with Liger Kernel's fused kernels or without
     "ours-tf-bf16-t8k": {
         "path": "ours",
@@ -312,6 +323,7 @@ def throughput_callback(warmup: int):
             self.t_begin = self.t_warm = self.t_end = 0.0
             self.steps = 0
             self.handle = None
+            self.load_peak: tuple[int, int] | None = None
 
         def _count(self, module, args, kwargs):
             if module.training:  # evaluation forwards are not training throughput
@@ -342,6 +354,8 @@ def throughput_callback(warmup: int):
             if train_dataloader is not None:
                 self._wrap_collate(train_dataloader)
             sync()
+            if torch.cuda.is_available():  # what loading the model and building the trainer left
+                self.load_peak = (torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated())
             self.t_begin = time.time()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -377,6 +391,9 @@ def throughput_callback(warmup: int):
                 late = sum(tokens[warmup * self.accum :])
                 out["steady_tokens_per_s"] = round(late / (self.t_end - self.t_warm), 1)
                 out["steady_steps"] = self.steps - warmup
+            if self.load_peak is not None:
+                out["load_peak_reserved_gb"] = round(self.load_peak[0] / 1024**3, 2)
+                out["load_peak_allocated_gb"] = round(self.load_peak[1] / 1024**3, 2)
             if self.forwards != used:
                 out["warning"] = f"{self.forwards} training forwards for {used} batches"
             return out
@@ -679,6 +696,10 @@ def child(args) -> None:
         if cuda:
             result["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1024**3, 2)
             result["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+            # the allocator's settings as this process read them (Unsloth sets expandable segments on import)
+            result["alloc_conf"] = os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get(
+                "PYTORCH_CUDA_ALLOC_CONF", ""
+            )
         else:  # CPU smoke: the process's peak RSS stands in for GPU memory (Linux reports KiB)
             result["peak_reserved_gb"] = round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2
@@ -708,6 +729,10 @@ def run_process(group: list[str], args, prep_file: Path, deadline: float) -> lis
     ]
     cmd += ["--profile", args.profile] if args.profile else []
     env = dict(os.environ)
+    if VARIANTS[group[0]]["path"] == "ours":  # what the train rule sets before torch starts
+        from afinar.runtime import allocator_env
+
+        env.update(allocator_env(env))
     env.update(VARIANTS[group[0]].get("env", {}))
     env.setdefault("CUDA_VISIBLE_DEVICES", "0")  # one GPU (TRL refuses the DataParallel of several)
     if args.cpu_smoke:

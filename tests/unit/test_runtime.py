@@ -37,3 +37,37 @@ def test_which_backends_want_a_gpu_slot():
     assert (
         runtime.wants_gpu("auto") and runtime.wants_gpu("unsloth") and not runtime.wants_gpu("transformers")
     )
+
+
+def test_training_allocator_is_set_before_torch_and_never_over_the_users(monkeypatch):
+    assert runtime.allocator_env({}) == {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    assert runtime.allocator_env({"PYTORCH_ALLOC_CONF": ""}) == {}  # the user's, even empty, wins
+    assert runtime.allocator_env({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}) == {}
+    for var in runtime.ALLOCATOR_VARS:
+        monkeypatch.delenv(var, raising=False)
+    # this test process imported torch already: the variable is set for child processes, and the log says so
+    said = runtime.set_training_allocator()
+    assert said.startswith("PYTORCH_ALLOC_CONF=expandable_segments:True") and "already started" in said
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "garbage_collection_threshold:0.6")
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF")
+    assert runtime.set_training_allocator().startswith("PYTORCH_CUDA_ALLOC_CONF=garbage_collection_threshold")
+
+
+def test_the_training_modules_import_no_ml_library():
+    """Unsloth must be imported before transformers, peft and trl (it patches them on import; imported after,
+    it warns that optimisations may be missed) and the allocator settings must be in place before torch
+    starts: so importing the training code, as the train rule does before choosing its backend, imports
+    none of them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import afinar.train.training, afinar.train.distributed; "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(scripts)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -57,6 +57,9 @@ def test_training_wrote_adapter_and_metrics(demo: Path) -> None:
     assert (exp / "treinamento" / "hardware_metrics.jsonl").stat().st_size > 0
     summary = json.loads((exp / "metrics_summary.json").read_text())
     assert summary["final_eval"]["eval_loss"] > 0, "final evaluation must be saved (seed bug B11)"
+    # the allocator settings reached the train job before torch started (torch reads them only then)
+    train_log = (demo / "results" / "logs" / "train" / f"{_exp(demo)}.log").read_text()
+    assert "CUDA allocator PYTORCH_" in train_log and "torch had already started" not in train_log
 
 
 def test_predictions_and_metrics(demo: Path) -> None:

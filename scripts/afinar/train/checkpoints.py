@@ -20,8 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from afinar.errors import AfinarError, disk_full_message
 from afinar.io import atomic_write_json
 
@@ -141,22 +139,28 @@ def latest_complete(folder: str | Path, remove_broken: bool = False) -> Path | N
     return chosen
 
 
-class ManifestCallback(TrainerCallback):
-    """Write each checkpoint's manifest right after the Trainer saved it (see :func:`write_manifest`).
+def manifest_callback() -> Any:
+    """A Trainer callback writing each checkpoint's manifest right after the Trainer saved it (see
+    :func:`write_manifest`).
 
     Put it first among the callbacks, so that a callback stopping the run on save comes after it. With
-    several processes every rank has written its part when all reach the barrier; rank 0 writes.
+    several processes every rank has written its part when all reach the barrier; rank 0 writes. Built on
+    call: this module imports no transformers, so that Unsloth, imported later, patches it first.
     """
+    from transformers import TrainerCallback
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        import torch.distributed as dist
+    class ManifestCallback(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                write_manifest(ckpt)
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    write_manifest(ckpt)
+
+    return ManifestCallback()
 
 
 @contextmanager

@@ -681,7 +681,7 @@ def train(
         # manifest first: see its doc; metric files: rank 0 only; every rank takes the same save/stop
         # decision (signals and clocks differ between processes)
         callbacks=[
-            checkpoints.ManifestCallback(),
+            checkpoints.manifest_callback(),
             *([metrics_cb] if main else []),
             safe,
             *distributed.sync_callbacks(),
