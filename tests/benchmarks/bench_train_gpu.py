@@ -126,6 +126,8 @@ _BASE_VARIANTS: dict[str, dict] = {
     "ours-4bit": {"path": "ours", "tr": {"nbits": 4}},
     "ours-4bit-t8k": {"path": "ours", "tr": {"nbits": 4, "tokens_por_lote": 8192}},
     "ours-4bit-noalloc": {"path": "ours", "tr": {"nbits": 4}, "env": {"PYTORCH_ALLOC_CONF": ""}},
+    # the input embedding kept on the GPU (embedding_na_cpu: null = in CPU memory for 4/8-bit): the A/B of 2026-12-03
+    "ours-4bit-embgpu": {"path": "ours", "tr": {"nbits": 4, "embedding_na_cpu": False}},
     # the fused loss's chunks capped at 128 rows (Unsloth's smallest automatic chunk is 512 rows: 262 MB of
     # float32 logits with Llama 3's vocabulary)
     "ours-4bit-ce128": {"path": "ours", "tr": {"nbits": 4}, "env": {"UNSLOTH_FUSED_LINEAR_MAX_ROWS": "128"}},
@@ -160,7 +162,9 @@ VARIANTS: dict[str, dict] = {
     **{f"{k}-8b": {**v, "model": "8b"} for k, v in _BASE_VARIANTS.items()},
 }
 # Commas separate processes; under the time budget the last ones are the first to be skipped.
-DEFAULT_VARIANTS = "baseline-bf16+baseline-bf16-gbl+baseline-4bit-8b,ours-bf16-t8k+ours-bf16-t8k-8b+ours-4bit-t8k-8b+ours-bf16"
+DEFAULT_VARIANTS = (
+    "baseline-bf16+baseline-bf16-gbl,baseline-4bit-8b,ours-bf16-t8k+ours-bf16-t8k-nogc-8b,ours-4bit-8b"
+)
 SMOKE_VARIANTS = "baseline-bf16+baseline-bf16-gbl,ours-bf16+ours-bf16-t4k+ours-bf16-packing"
 PROFILED_STEPS = 3  # --profile: torch.profiler over this many steps after the measured ones
 
@@ -503,6 +507,7 @@ def ours_config(model: dict, settings: dict, max_steps: int, batch: int, smoke: 
         "pad_to_multiple_of": None,
         "tokens_por_lote": None,
         "liger_kernel": False,
+        "embedding_na_cpu": None,
         **settings,
     }
     if smoke:
@@ -553,11 +558,13 @@ def run_ours(model: dict, variant: str, args, callbacks: list) -> dict:
         "padding_free",
         "liger_kernel",
         "gradient_checkpointing",
+        "embedding_na_cpu",
     )
     return {
         "batch": batch,
         "settings": {k: exp["treinamento"][k] for k in keys},
         "masked": summary["fracao_mascarada"],
+        "embedding_cpu_gb": summary["embedding_na_cpu_gb"],
     }
 
 

@@ -201,3 +201,24 @@ def test_4bit_counts_every_parameter(gpu_setup):
         counts[nbits] = summary_of(run_child(exp, gpu_setup["results"], f"params-{nbits}"))["modelo_info"]
     assert counts[4]["treinaveis"] == counts[0]["treinaveis"] > 0
     assert counts[4]["total"] == counts[0]["total"]
+
+
+def test_4bit_embedding_in_cpu_memory_trains_the_same(gpu_setup):
+    """treinamento.embedding_na_cpu: null = the frozen input embedding of a 4-bit training stays in CPU
+    memory; the looked-up rows are the same numbers, so the losses match the run that keeps it on the GPU."""
+    runs = {}
+    for name, value in (("emb-cpu", None), ("emb-gpu", False)):
+        exp = experiment(gpu_setup["model"], nbits=4, max_steps=6, save_checkpoints=False)
+        exp["treinamento"]["embedding_na_cpu"] = value
+        s = summary_of(run_child(exp, gpu_setup["results"], name))
+        metrics = gpu_setup["results"] / name / "treinamento" / "training_metrics.jsonl"
+        losses = [r["train_loss"] for r in map(json.loads, open(metrics)) if "train_loss" in r]
+        runs[name] = (s, losses)
+        assert (gpu_setup["results"] / name / "adapter" / "adapter_model.safetensors").is_file()
+    (cpu, cpu_losses), (gpu, gpu_losses) = runs["emb-cpu"], runs["emb-gpu"]
+    table_gb = 4096 * 512 * 2 / 1e9  # vocab x hidden in bf16
+    assert cpu["embedding_na_cpu_gb"] == pytest.approx(table_gb, abs=6e-4)  # rounded to 3 decimals
+    assert gpu["embedding_na_cpu_gb"] == 0
+    assert len(cpu_losses) == len(gpu_losses) == 6
+    assert cpu_losses[0] == pytest.approx(gpu_losses[0], rel=1e-3)  # the first step: the same forward
+    assert cpu_losses == pytest.approx(gpu_losses, rel=0.05)

@@ -78,3 +78,34 @@ def test_adapter_for_another_base(tmp_path, tiny_model_dir):
     models.check_adapter_matches_base(adapter, str(tiny_model_dir))
     with pytest.raises(AfinarError, match="no adapter_config.json"):
         models.check_adapter_matches_base(tmp_path, "x")
+
+
+@pytest.mark.parametrize(
+    ("value", "backend", "bits", "world", "expected"),
+    [
+        (None, "unsloth", 4, 1, True),  # QLoRA users chose memory over speed
+        (None, "unsloth", 8, 1, True),
+        (None, "unsloth", 16, 1, "auto"),  # bf16: Unsloth moves it only when the GPU lacks room
+        (False, "unsloth", 4, 1, False),
+        (True, "unsloth", 16, 1, True),
+        (True, "unsloth", 4, 2, False),  # each distributed process keeps its whole model
+        (None, "unsloth", 4, 2, False),
+        (True, "transformers", 4, 1, False),  # Unsloth's feature
+        (None, "transformers", 4, 1, False),
+    ],
+)
+def test_embedding_offload_setting(value, backend, bits, world, expected):
+    assert models.embedding_offload(value, backend, bits, world) == expected
+
+
+def test_embedding_on_cpu_counts_only_a_split_model(tiny_model_dir):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = models.load_causal_lm(str(tiny_model_dir), torch.float32)
+    assert models.embedding_on_cpu(model) == 0.0  # a CPU training: nothing was moved
+    with torch.device("meta"):  # "meta" stands in for the GPU the rest of the model is on
+        split = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir))
+    assert models.embedding_on_cpu(split) == 0.0
+    table = split.get_input_embeddings().to_empty(device="cpu").weight
+    assert models.embedding_on_cpu(split) == pytest.approx(table.numel() * 4 / 1e9)

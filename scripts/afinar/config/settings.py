@@ -85,6 +85,7 @@ class TrainSettings:
     agrupar_por_tamanho: bool
     tokens_por_lote: int | None
     liger_kernel: bool
+    embedding_na_cpu: bool | None
     pad_to_multiple_of: int | None
     max_steps: int
     distribuido: DistributedSettings

@@ -209,3 +209,34 @@ def check_adapter_matches_base(adapter_dir: str | Path, base: str) -> None:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
+
+
+def embedding_offload(value: bool | None, backend: str, bits: int, world: int) -> bool | str:
+    """``treinamento.embedding_na_cpu`` as Unsloth's ``offload_embedding``: True, False or "auto".
+
+    The input embedding is frozen in LoRA training and only read by row, so it can live in CPU memory:
+    the rows a batch looks up cross to the GPU (a few MB a step) instead of the whole table staying
+    there (Llama 3 8B: 1.05 GB, a sixth of a 4-bit training's peak). null = on for 4/8-bit training,
+    whose users chose memory over speed; otherwise Unsloth's "auto" (only when the GPU lacks room).
+    Unsloth itself declines a table shared with the output layer (tied weights)."""
+    if backend != "unsloth":
+        if value:
+            log.info("embedding_na_cpu ignored on the %s backend (Unsloth's feature)", backend)
+        return False
+    if world > 1:
+        if value:
+            log.info("embedding_na_cpu ignored: each process of a distributed training keeps its whole model")
+        return False
+    if value is None:
+        return True if bits in (4, 8) else "auto"
+    return bool(value)
+
+
+def embedding_on_cpu(model: Any) -> float:
+    """GB of the input embedding kept in CPU memory while the rest of the model is on a GPU (0 if none)."""
+    weight = getattr(model.get_input_embeddings(), "weight", None)
+    if weight is None or weight.device.type != "cpu":
+        return 0.0
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        return 0.0  # a CPU training: nothing was moved
+    return float(weight.numel() * weight.element_size()) / 1e9

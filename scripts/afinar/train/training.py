@@ -32,6 +32,9 @@ from afinar.runtime import Runtime, choose_optim, choose_precision, import_unslo
 from afinar.train import batching, chat, checkpoints, distributed, memory_hint, models, token_filter
 
 log = logging.getLogger("afinar.train.training")
+# treinamento keys that change where or how often things happen, not what a checkpoint holds: a run
+# interrupted before such a key changed still resumes
+PLACEMENT_ONLY = frozenset({"checkpoint_minutos", "embedding_na_cpu"})
 
 
 @dataclass(frozen=True)
@@ -468,6 +471,9 @@ def load_unsloth(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, Any]:
         load_in_4bit=tr.bits == 4,
         load_in_8bit=tr.bits == 8,
         full_finetuning=lora.full_finetuning,
+        offload_embedding=models.embedding_offload(
+            tr.embedding_na_cpu, rt.backend, tr.bits, distributed.world_size()
+        ),
     )  # offline: resolve_model_source already turned a hub id into its local snapshot folder
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # multimodal processors wrap the text tokenizer
     if tokenizer.pad_token is None:
@@ -565,6 +571,13 @@ def train(
     set_seed(tr.seed)
     loader = load_unsloth if rt.backend == "unsloth" else load_transformers
     model, tokenizer = loader(source, exp, rt)
+    embedding_gb = models.embedding_on_cpu(model)
+    if embedding_gb:
+        log.info(
+            "input embedding in CPU memory during training (%.2f GB less on the GPU; "
+            "treinamento.embedding_na_cpu: false keeps it there)",
+            embedding_gb,
+        )
     template_source = chat.ensure_chat_template(tokenizer, exp.modelo.base)
     markers = chat.derive_markers(tokenizer) if tr.train_on_responses_only else None
     if markers:
@@ -635,7 +648,7 @@ def train(
             "modelo": sections["modelo"],
             # how often checkpoints are written does not change what they hold; DDP's not the GPU count either
             "treinamento": distributed.fingerprint_view(
-                {k: v for k, v in sections["treinamento"].items() if k != "checkpoint_minutos"}
+                {k: v for k, v in sections["treinamento"].items() if k not in PLACEMENT_ONLY}
             ),
             "lora": sections["lora"],
             "backend": rt.backend,
@@ -728,6 +741,7 @@ def train(
         "template": template_source,
         "marcadores": markers.__dict__ if markers else None,
         "fracao_mascarada": round(masked, 4),
+        "embedding_na_cpu_gb": round(embedding_gb, 3),
         "ds_train_len": len(train_ds),
         "ds_eval_len": len(eval_ds) if eval_ds is not None else 0,
         "tokens_treino": train_stats,
