@@ -156,11 +156,12 @@ def test_unsloth_trains_with_response_only_loss(gpu_setup, nbits):
     assert len(losses) == 10 and losses[-1] < losses[0]
 
 
-def test_resume_after_kill(gpu_setup):
+@pytest.mark.parametrize("nbits", [0, 4])  # 4-bit: with the input embedding in CPU memory (the default)
+def test_resume_after_kill(gpu_setup, nbits):
     """Killed right after checkpoint-8 is saved, at a point the test controls: the child blocks in
     BlockAfterSave and writes a marker, so a fast GPU cannot finish (and rotate checkpoint-8 away) first."""
-    results, name = gpu_setup["results"], "unsloth-resume"
-    exp = experiment(gpu_setup["model"], max_steps=20, eval_steps=4)
+    results, name = gpu_setup["results"], f"unsloth-resume-{nbits}"
+    exp = experiment(gpu_setup["model"], max_steps=20, eval_steps=4, nbits=nbits)
     ckpts = results / name / "checkpoints"
     marker = results / f"{name}.saved"
     code = textwrap.dedent(f"""
@@ -185,6 +186,7 @@ def test_resume_after_kill(gpu_setup):
     assert marker.read_text() == "8" and (ckpts / "checkpoint-8" / "trainer_state.json").is_file()
     s = summary_of(run_child(exp, results, name))
     assert s["retomado_de"].endswith("checkpoint-8") and s["global_step"] == 20
+    assert (s["embedding_na_cpu_gb"] > 0) == (nbits == 4)
     begins = [
         json.loads(ln)
         for ln in open(results / name / "treinamento" / "training_metrics.jsonl")
