@@ -98,6 +98,20 @@ def test_embedding_offload_setting(value, backend, bits, world, expected):
     assert models.embedding_offload(value, backend, bits, world) == expected
 
 
+def test_a_tied_table_stays_quietly_unless_asked():
+    assert models.embedding_offload(None, "unsloth", 4, 1, tied=True) == "auto"  # Unsloth: never for tied
+    assert models.embedding_offload(True, "unsloth", 4, 1, tied=True) is True  # Unsloth says why it declines
+
+
+def test_tied_embeddings_read_from_config(tiny_model_dir):
+    assert models.ties_embeddings(models.read_model_config(str(tiny_model_dir))) is True  # tiny Qwen2
+    assert models.ties_embeddings({"tie_word_embeddings": False}) is False  # Llama 3 8B, Qwen2.5-7B
+    assert (
+        models.ties_embeddings({"text_config": {"tie_word_embeddings": False}}) is False
+    )  # nested (Gemma 3)
+    assert models.ties_embeddings({}) is True  # transformers' default
+
+
 def test_embedding_on_cpu_counts_only_a_split_model(tiny_model_dir):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

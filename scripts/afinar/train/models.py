@@ -211,14 +211,23 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def embedding_offload(value: bool | None, backend: str, bits: int, world: int) -> bool | str:
+def ties_embeddings(config: dict[str, Any]) -> bool:
+    """Whether the model's output layer shares the input embedding's table (transformers' default: yes)."""
+    text = config.get("text_config") or {}
+    return bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
+
+
+def embedding_offload(
+    value: bool | None, backend: str, bits: int, world: int, tied: bool = False
+) -> bool | str:
     """``treinamento.embedding_na_cpu`` as Unsloth's ``offload_embedding``: True, False or "auto".
 
     The input embedding is frozen in LoRA training and only read by row, so it can live in CPU memory:
     the rows a batch looks up cross to the GPU (a few MB a step) instead of the whole table staying
     there (Llama 3 8B: 1.05 GB, a sixth of a 4-bit training's peak). null = on for 4/8-bit training,
     whose users chose memory over speed; otherwise Unsloth's "auto" (only when the GPU lacks room).
-    Unsloth itself declines a table shared with the output layer (tied weights)."""
+    A table shared with the output layer (``tied``) must stay on the GPU: null leaves it there quietly, true
+    lets Unsloth say why it declines."""
     if backend != "unsloth":
         if value:
             log.info("embedding_na_cpu ignored on the %s backend (Unsloth's feature)", backend)
@@ -228,7 +237,7 @@ def embedding_offload(value: bool | None, backend: str, bits: int, world: int) -
             log.info("embedding_na_cpu ignored: each process of a distributed training keeps its whole model")
         return False
     if value is None:
-        return True if bits in (4, 8) else "auto"
+        return True if bits in (4, 8) and not tied else "auto"
     return bool(value)
 
 

@@ -472,7 +472,11 @@ def load_unsloth(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, Any]:
         load_in_8bit=tr.bits == 8,
         full_finetuning=lora.full_finetuning,
         offload_embedding=models.embedding_offload(
-            tr.embedding_na_cpu, rt.backend, tr.bits, distributed.world_size()
+            tr.embedding_na_cpu,
+            rt.backend,
+            tr.bits,
+            distributed.world_size(),
+            tied=models.ties_embeddings(models.read_model_config(source)),
         ),
     )  # offline: resolve_model_source already turned a hub id into its local snapshot folder
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # multimodal processors wrap the text tokenizer
