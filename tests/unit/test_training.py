@@ -154,6 +154,25 @@ def test_resume_after_interruption_appends_metrics(tiny_model_dir, task_splits):
     assert steps[:4] == [1, 2, 3, 4] and steps[4:] == [3, 4, 5, 6]  # history kept, run continued at step 3
 
 
+def test_placement_keys_do_not_block_resuming(tiny_model_dir, task_splits):
+    """checkpoint_minutos and embedding_na_cpu change where or how often, not what a checkpoint holds: a
+    run interrupted before they changed resumes; a learning-rate change starts over."""
+    exp = experiment(tiny_model_dir, max_steps=4, eval_steps=2)
+    paths = paths_for(task_splits, "placement")
+    with pytest.raises(KeyboardInterrupt):
+        train(exp, paths, extra_callbacks=[StopAfterSteps(2)])
+    moved = experiment(tiny_model_dir, max_steps=4, eval_steps=2, embedding_na_cpu=True, checkpoint_minutos=5)
+    summary = train(moved, paths)
+    assert summary["retomado_de"].endswith("checkpoint-2") and summary["global_step"] == 4
+    assert summary["embedding_na_cpu_gb"] == 0  # the transformers backend on CPU: nothing moves
+
+    other = paths_for(task_splits, "placement-lr")
+    with pytest.raises(KeyboardInterrupt):
+        train(exp, other, extra_callbacks=[StopAfterSteps(2)])
+    changed = experiment(tiny_model_dir, max_steps=4, eval_steps=2, learning_rate=1e-4)
+    assert train(changed, other)["retomado_de"] is None
+
+
 def test_kill_at_a_controlled_point_then_resume(tiny_model_dir, task_splits):
     """The mechanism tests/gpu/test_train_gpu.py's resume test uses, on CPU: the child blocks right after
     the checkpoint of step 4 and says so in a marker file; it is SIGKILLed there (no timing involved) and a
