@@ -154,7 +154,7 @@ def test_resume_after_interruption_appends_metrics(tiny_model_dir, task_splits):
     assert steps[:4] == [1, 2, 3, 4] and steps[4:] == [3, 4, 5, 6]  # history kept, run continued at step 3
 
 
-def test_placement_keys_do_not_block_resuming(tiny_model_dir, task_splits):
+def test_placement_keys_do_not_block_resuming(tiny_model_dir, task_splits, caplog):
     """checkpoint_minutos and embedding_na_cpu change where or how often, not what a checkpoint holds: a
     run interrupted before they changed resumes; a learning-rate change starts over."""
     exp = experiment(tiny_model_dir, max_steps=4, eval_steps=2)
@@ -162,9 +162,11 @@ def test_placement_keys_do_not_block_resuming(tiny_model_dir, task_splits):
     with pytest.raises(KeyboardInterrupt):
         train(exp, paths, extra_callbacks=[StopAfterSteps(2)])
     moved = experiment(tiny_model_dir, max_steps=4, eval_steps=2, embedding_na_cpu=True, checkpoint_minutos=5)
+    caplog.set_level("INFO", logger="afinar.train.models")
     summary = train(moved, paths)
     assert summary["retomado_de"].endswith("checkpoint-2") and summary["global_step"] == 4
     assert summary["embedding_na_cpu_gb"] == 0  # the transformers backend on CPU: nothing moves
+    assert "embedding_na_cpu ignored on the transformers backend" in caplog.text  # the user is told
 
     other = paths_for(task_splits, "placement-lr")
     with pytest.raises(KeyboardInterrupt):

@@ -458,8 +458,11 @@ def load_transformers(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, A
     return get_peft_model(model, config), tokenizer
 
 
-def load_unsloth(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, Any]:
-    """Unsloth: FastLanguageModel with its kernels, 4/8-bit loading and offloaded gradient checkpointing."""
+def load_unsloth(
+    source: str, exp: Experiment, rt: Runtime, offload_embedding: bool | str = False
+) -> tuple[Any, Any]:
+    """Unsloth: FastLanguageModel with its kernels, 4/8-bit loading and offloaded gradient checkpointing;
+    ``offload_embedding``: see :func:`afinar.train.models.embedding_offload`."""
     from transformers import set_seed
     from unsloth import FastLanguageModel
 
@@ -471,13 +474,7 @@ def load_unsloth(source: str, exp: Experiment, rt: Runtime) -> tuple[Any, Any]:
         load_in_4bit=tr.bits == 4,
         load_in_8bit=tr.bits == 8,
         full_finetuning=lora.full_finetuning,
-        offload_embedding=models.embedding_offload(
-            tr.embedding_na_cpu,
-            rt.backend,
-            tr.bits,
-            distributed.world_size(),
-            tied=models.ties_embeddings(models.read_model_config(source)),
-        ),
+        offload_embedding=offload_embedding,
     )  # offline: resolve_model_source already turned a hub id into its local snapshot folder
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # multimodal processors wrap the text tokenizer
     if tokenizer.pad_token is None:
@@ -551,6 +548,9 @@ def train(
     source, model_config = check_model(exp)
     report_to = tracker_settings(tr.report_to)
     batching.check_options(tr, rt.backend, rt.cuda)
+    offload = models.embedding_offload(
+        tr.embedding_na_cpu, rt.backend, tr.bits, world, tied=models.ties_embeddings(model_config)
+    )
     if rt.cuda:
         runtime.use_flash_attention_kernels()
     log.info("backend %s, precision %s, %s-bit, device %s", rt.backend, rt.precision, tr.bits, rt.device)
@@ -573,8 +573,10 @@ def train(
     from transformers import set_seed
 
     set_seed(tr.seed)
-    loader = load_unsloth if rt.backend == "unsloth" else load_transformers
-    model, tokenizer = loader(source, exp, rt)
+    if rt.backend == "unsloth":
+        model, tokenizer = load_unsloth(source, exp, rt, offload_embedding=offload)
+    else:
+        model, tokenizer = load_transformers(source, exp, rt)
     embedding_gb = models.embedding_on_cpu(model)
     if embedding_gb:
         log.info(
